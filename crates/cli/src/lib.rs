@@ -1,0 +1,17 @@
+//! Support for the `nullworker` binary: logging set-up, error reporting at
+//! the process edge, and `nullworker demo`, which wires the engine, the
+//! worker and the client together on one machine.
+//!
+//! Every role lives in its own crate (`nullworker-worker`, `nullworker-engine`,
+//! `nullworker-client`); this crate only connects them.
+
+pub mod demo;
+pub mod logging;
+
+use std::process::ExitCode;
+
+/// Prints an error chain as one line on stderr and returns the failure exit code.
+pub fn report_error(err: &anyhow::Error) -> ExitCode {
+    eprintln!("nullworker: error: {err:#}");
+    ExitCode::FAILURE
+}

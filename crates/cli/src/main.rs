@@ -1,0 +1,73 @@
+//! The `nullworker` binary: parses the command line, sets up logging and
+//! hands over to the library that owns each role. No logic lives here.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Hold Vast Serverless reservations open: the worker, a local engine and a client.
+#[derive(Parser)]
+#[command(name = "nullworker", version, propagate_version = true)]
+#[command(
+    about = "Hold Vast Serverless reservations open: one POST reserves a worker, one POST releases it",
+    long_about = "nullworker holds Vast Serverless reservations (sessions) open without doing any \
+inference, so that your own queue consumer on the same instance gets exactly one worker per unit \
+of in-flight work, scaling from zero and back to zero.\n\n\
+`serve` is a drop-in for the Null PyWorker, `engine` is a local Vast-compatible router and \
+autoscaler, `client` opens and holds sessions, and `demo` runs all of it on this machine.\n\n\
+Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change the level."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the worker (drop-in for the Null PyWorker) on this instance.
+    Serve(nullworker_worker::cli::ServeArgs),
+    /// Release the session held by the worker on this instance (POST /release).
+    Release(nullworker_worker::cli::ReleaseArgs),
+    /// Run the local serverless engine (router, autoscaler, worker processes).
+    Engine(nullworker_engine::cli::EngineArgs),
+    /// Manage the endpoints of a running engine.
+    Endpoint(nullworker_engine::cli::EndpointArgs),
+    /// Open sessions on an endpoint, hold them, close them (the demo client).
+    Client(nullworker_client::cli::ClientArgs),
+    /// Run the whole system on this machine: engine, endpoint, workers and a short client run.
+    Demo(nullworker::demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match &cli.command {
+        Command::Serve(_) | Command::Engine(_) => "info",
+        _ => "warn",
+    };
+    nullworker::logging::init(default_level);
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => return nullworker::report_error(&anyhow::Error::new(err)),
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => nullworker_worker::cli::serve(args).await,
+            Command::Release(args) => nullworker_worker::cli::release(args).await,
+            Command::Engine(args) => nullworker_engine::cli::run_engine(args).await,
+            Command::Endpoint(args) => nullworker_engine::cli::endpoint(args).await,
+            Command::Client(args) => nullworker_client::cli::run(args).await,
+            Command::Demo(args) => nullworker::demo::run(args).await,
+        }
+    });
+    // Worker processes and open sessions are owned by the tasks above; they
+    // have finished by now, so nothing is left for the runtime to drain.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(code) => code,
+        Err(err) => nullworker::report_error(&err),
+    }
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real `nullworker` binary on ephemeral loopback ports.
+//!
+//! One test binary with one module per area; shared helpers live in `common`.
+
+mod common;
+
+mod client;
+mod engine;
+mod interop;
+mod worker;

@@ -1,0 +1,2 @@
+//! The Rust SDK for Vast Serverless sessions, and `nullworker client`.
+pub mod cli;

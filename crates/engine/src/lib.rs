@@ -1,0 +1,2 @@
+//! The local serverless engine (`nullworker engine`).
+pub mod cli;

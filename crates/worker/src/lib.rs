@@ -1,0 +1,2 @@
+//! The null worker (`nullworker serve`).
+pub mod cli;
