@@ -226,8 +226,7 @@ pub fn python_json_eq(a: &Value, b: &Value) -> bool {
         }
         (Value::Object(x), Value::Object(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .all(|(k, v)| y.get(k).is_some_and(|w| python_json_eq(v, w)))
         }
         (Value::Bool(_) | Value::Number(_), Value::Bool(_) | Value::Number(_)) => {
@@ -267,9 +266,7 @@ impl PyNum {
         match (self, other) {
             (Self::Int(x), Self::Int(y)) => x == y,
             (Self::Float(x), Self::Float(y)) => x == y,
-            (Self::Int(i), Self::Float(f)) | (Self::Float(f), Self::Int(i)) => {
-                int_eq_float(*i, *f)
-            }
+            (Self::Int(i), Self::Float(f)) | (Self::Float(f), Self::Int(i)) => int_eq_float(*i, *f),
         }
     }
 }
@@ -329,20 +326,29 @@ mod tests {
         assert!(!python_json_eq(&json!(null), &json!(0)));
         assert!(!python_json_eq(&json!("1"), &json!(1)));
         assert!(python_json_eq(&json!(u64::MAX), &json!(u64::MAX)));
-        assert!(!python_json_eq(&json!(9_007_199_254_740_993_u64), &json!(9_007_199_254_740_992.0)));
-        assert!(python_json_eq(&json!(9_007_199_254_740_992_u64), &json!(9_007_199_254_740_992.0)));
+        assert!(!python_json_eq(
+            &json!(9_007_199_254_740_993_u64),
+            &json!(9_007_199_254_740_992.0)
+        ));
+        assert!(python_json_eq(
+            &json!(9_007_199_254_740_992_u64),
+            &json!(9_007_199_254_740_992.0)
+        ));
         assert!(python_json_eq(&json!(-3), &json!(-3.0)));
     }
 
     #[test]
     fn python_eq_containers() {
-        let a: Value = serde_json::from_str(r#"{"cost": 100, "url": "u", "x": [1, {"k": 2.0}]}"#).unwrap();
-        let b: Value = serde_json::from_str(r#"{"x": [1.0, {"k": 2}], "url": "u", "cost": 100.0}"#).unwrap();
+        let a: Value =
+            serde_json::from_str(r#"{"cost": 100, "url": "u", "x": [1, {"k": 2.0}]}"#).unwrap();
+        let b: Value =
+            serde_json::from_str(r#"{"x": [1.0, {"k": 2}], "url": "u", "cost": 100.0}"#).unwrap();
         assert!(python_json_eq(&a, &b));
         let c: Value = serde_json::from_str(r#"{"x": [1.0, {"k": 2}], "url": "u"}"#).unwrap();
         assert!(!python_json_eq(&a, &c));
         assert!(!python_json_eq(&c, &a));
-        let d: Value = serde_json::from_str(r#"{"x": [1.0, {"k": 2}], "url": "u", "other": 100}"#).unwrap();
+        let d: Value =
+            serde_json::from_str(r#"{"x": [1.0, {"k": 2}], "url": "u", "other": 100}"#).unwrap();
         assert!(!python_json_eq(&a, &d));
         assert!(!python_json_eq(&json!([1, 2]), &json!([2, 1])));
         assert!(!python_json_eq(&json!([1]), &json!([1, 1])));
@@ -351,8 +357,14 @@ mod tests {
 
     #[test]
     fn signing_message_shape() {
-        assert_eq!(signing_message("http://a:1"), "{\n    \"url\": \"http://a:1\"\n}");
+        assert_eq!(
+            signing_message("http://a:1"),
+            "{\n    \"url\": \"http://a:1\"\n}"
+        );
         assert_eq!(signing_message(""), canonical_json(&json!({"url": ""})));
-        assert_eq!(signing_message("é😀\u{7f}"), "{\n    \"url\": \"\\u00e9\\ud83d\\ude00\\u007f\"\n}");
+        assert_eq!(
+            signing_message("é😀\u{7f}"),
+            "{\n    \"url\": \"\\u00e9\\ud83d\\ude00\\u007f\"\n}"
+        );
     }
 }

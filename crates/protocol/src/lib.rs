@@ -154,23 +154,44 @@ mod tests {
 
     #[test]
     fn worker_urls() {
-        assert_eq!(worker_url(false, "203.0.113.10", 8000), "http://203.0.113.10:8000");
-        assert_eq!(worker_url(true, "example.org", 443), "https://example.org:443");
+        assert_eq!(
+            worker_url(false, "203.0.113.10", 8000),
+            "http://203.0.113.10:8000"
+        );
+        assert_eq!(
+            worker_url(true, "example.org", 443),
+            "https://example.org:443"
+        );
         assert_eq!(worker_url(false, "::1", 41234), "http://[::1]:41234");
-        assert_eq!(worker_url(true, "2001:db8::7", 1), "https://[2001:db8::7]:1");
+        assert_eq!(
+            worker_url(true, "2001:db8::7", 1),
+            "https://[2001:db8::7]:1"
+        );
         assert_eq!(worker_url(false, "[::1]", 5), "http://[::1]:5");
     }
 
     #[test]
     fn engine_paths() {
-        assert_eq!(join_engine_path("http://h:1", paths::WORKER_STATUS), "http://h:1/worker_status/");
-        assert_eq!(join_engine_path("http://h:1///", "/pubkey/"), "http://h:1/pubkey/");
-        assert_eq!(join_engine_path("http://h:1/api/", "route/"), "http://h:1/api/route/");
+        assert_eq!(
+            join_engine_path("http://h:1", paths::WORKER_STATUS),
+            "http://h:1/worker_status/"
+        );
+        assert_eq!(
+            join_engine_path("http://h:1///", "/pubkey/"),
+            "http://h:1/pubkey/"
+        );
+        assert_eq!(
+            join_engine_path("http://h:1/api/", "route/"),
+            "http://h:1/api/route/"
+        );
     }
 
     #[test]
     fn report_addrs() {
-        assert_eq!(parse_report_addrs("http://a, http://b/,,"), vec!["http://a", "http://b/"]);
+        assert_eq!(
+            parse_report_addrs("http://a, http://b/,,"),
+            vec!["http://a", "http://b/"]
+        );
         assert!(parse_report_addrs("").is_empty());
     }
 
@@ -198,7 +219,10 @@ mod tests {
 
     #[test]
     fn instances() {
-        assert_eq!(autoscaler_url_for_instance("local"), "http://localhost:8080");
+        assert_eq!(
+            autoscaler_url_for_instance("local"),
+            "http://localhost:8080"
+        );
         assert_eq!(autoscaler_url_for_instance("prod"), "https://run.vast.ai");
         assert_eq!(autoscaler_url_for_instance("bogus"), "https://run.vast.ai");
     }

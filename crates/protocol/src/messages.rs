@@ -73,8 +73,14 @@ pub struct AuthData {
 
 impl AuthData {
     /// The keys the framework requires in `auth_data` (§5.2 step 2), sorted.
-    pub const REQUIRED_FIELDS: [&'static str; 6] =
-        ["cost", "endpoint", "reqnum", "request_idx", "signature", "url"];
+    pub const REQUIRED_FIELDS: [&'static str; 6] = [
+        "cost",
+        "endpoint",
+        "reqnum",
+        "request_idx",
+        "signature",
+        "url",
+    ];
 
     /// Required keys absent from `obj`, in [`Self::REQUIRED_FIELDS`] order.
     /// (The framework checks presence only, not types.)
@@ -111,7 +117,7 @@ pub struct RouteRequest {
     /// Endpoint name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Endpoint id, accepted instead of the name ([docs] preview).
+    /// Endpoint id, accepted instead of the name (\[docs\] preview).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint_id: Option<i64>,
     /// The endpoint's `api_key` (also sent as header and query).
@@ -126,10 +132,10 @@ pub struct RouteRequest {
     /// Seconds after which an unanswered request may be replayed (SDK sends 60.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replay_timeout: Option<f64>,
-    /// Expected seconds per request ([docs] preview only).
+    /// Expected seconds per request (\[docs\] preview only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency: Option<f64>,
-    /// Client-supplied id ([docs] preview only).
+    /// Client-supplied id (\[docs\] preview only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guid: Option<i64>,
 }
@@ -226,10 +232,10 @@ pub struct RouteError {
 // Worker → engine reports (§3.3, §3.4)
 // ---------------------------------------------------------------------------
 
-/// Body of `POST /worker_status/` (§3.3), [1.9.1] field set.
+/// Body of `POST /worker_status/` (§3.3), \[1.9.1\] field set.
 ///
 /// Only `id` is required when parsing; every other field defaults, so older
-/// ([git]) reports parse too. `disk_usage` is omitted when `None`.
+/// (\[git\]) reports parse too. `disk_usage` is omitted when `None`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerStatus {
     /// `CONTAINER_ID` of the worker.
@@ -276,7 +282,7 @@ pub struct WorkerStatus {
     /// GiB of used disk gained since the previous successful report.
     #[serde(default)]
     pub additional_disk_usage: f64,
-    /// Absolute used GiB on `/` ([1.9.1] only).
+    /// Absolute used GiB on `/` (\[1.9.1\] only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_usage: Option<f64>,
     /// `request_idx` of every tracked in-flight item.
@@ -324,7 +330,7 @@ impl fmt::Display for DeleteRequestStatus {
     }
 }
 
-/// One finished item in a [1.9.1] `/delete_requests/` batch.
+/// One finished item in a \[1.9.1\] `/delete_requests/` batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeleteRecord {
     /// From the item's `auth_data`.
@@ -364,7 +370,7 @@ impl DeleteRecord {
     }
 }
 
-/// Body of `POST /delete_requests/` as our worker sends it ([1.9.1] shape).
+/// Body of `POST /delete_requests/` as our worker sends it (\[1.9.1\] shape).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeleteRequests {
     /// `CONTAINER_ID`.
@@ -376,9 +382,13 @@ pub struct DeleteRequests {
     pub requests: Vec<DeleteRecord>,
 }
 
-/// Any accepted body of `POST /delete_requests/` (§3.4): the [1.9.1] batch or
-/// the older [git] shape with a bare index list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Any accepted body of `POST /delete_requests/` (§3.4): the \[1.9.1\] batch or
+/// the older \[git\] shape with a bare index list.
+///
+/// Deserialisation picks the shape by key: `requests` ⇒ [`Self::V191`],
+/// otherwise `request_idxs` ⇒ [`Self::Legacy`]; an object with neither is an
+/// error naming both.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum DeleteRequestsBody {
     /// `{"worker_id", "mtoken", "requests": [...]}`.
@@ -395,6 +405,46 @@ pub enum DeleteRequestsBody {
         /// Whether they succeeded.
         success: bool,
     },
+}
+
+/// The \[git\] `/delete_requests/` shape, used to parse [`DeleteRequestsBody::Legacy`].
+#[derive(Deserialize)]
+struct LegacyDeleteRequests {
+    worker_id: i64,
+    #[serde(default)]
+    mtoken: String,
+    request_idxs: Vec<u64>,
+    success: bool,
+}
+
+impl<'de> Deserialize<'de> for DeleteRequestsBody {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = Value::deserialize(deserializer)?;
+        let Some(obj) = value.as_object() else {
+            return Err(D::Error::custom(
+                "delete_requests body must be a JSON object",
+            ));
+        };
+        if obj.contains_key("requests") {
+            serde_json::from_value(value)
+                .map(Self::V191)
+                .map_err(D::Error::custom)
+        } else if obj.contains_key("request_idxs") {
+            let legacy: LegacyDeleteRequests =
+                serde_json::from_value(value).map_err(D::Error::custom)?;
+            Ok(Self::Legacy {
+                worker_id: legacy.worker_id,
+                mtoken: legacy.mtoken,
+                request_idxs: legacy.request_idxs,
+                success: legacy.success,
+            })
+        } else {
+            Err(D::Error::custom(
+                "delete_requests body has neither `requests` (list of records) nor `request_idxs` (legacy list of indexes)",
+            ))
+        }
+    }
 }
 
 impl DeleteRequestsBody {
@@ -734,7 +784,11 @@ pub struct EndpointParams {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_workers: Option<i64>,
     /// Minimum number of loaded workers (also accepted as `min_workers`).
-    #[serde(default, alias = "min_workers", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "min_workers",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cold_workers: Option<i64>,
     /// Minimum active capacity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -763,7 +817,7 @@ pub struct EndpointParams {
     /// Route-service deployment (e.g. `"prod"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaler_instance: Option<String>,
-    /// Over-recruitment ratio ([docs] preview; accepted, ignored).
+    /// Over-recruitment ratio (\[docs\] preview; accepted, ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrecruit_ratio: Option<f64>,
     /// Sent by the CLI as `"me"`.
@@ -784,7 +838,9 @@ pub struct EndpointRecord {
     pub api_key: String,
     /// Owner account id.
     pub user_id: i64,
-    /// Epoch seconds.
+    /// Epoch seconds. Parsing also accepts a numeric string and, as the
+    /// older web API wrote it, an ISO 8601 text (read as `0.0`: the SDK only stores it).
+    #[serde(deserialize_with = "lenient_timestamp")]
     pub created_at: f64,
     /// See [`EndpointParams::cold_workers`].
     #[serde(default, alias = "min_workers")]
@@ -825,6 +881,21 @@ pub struct EndpointRecord {
     /// Whether automatic deletion is due within 24 h.
     #[serde(default)]
     pub auto_delete_due_24h: bool,
+}
+
+/// A number, or a string holding a number; other strings read as `0.0`.
+fn lenient_timestamp<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    use serde::de::Error as _;
+    match Value::deserialize(deserializer)? {
+        Value::Number(n) => n
+            .as_f64()
+            .ok_or_else(|| D::Error::custom("created_at is not a finite number")),
+        Value::String(s) => Ok(s.trim().parse::<f64>().unwrap_or(0.0)),
+        Value::Null => Ok(0.0),
+        other => Err(D::Error::custom(format!(
+            "invalid created_at {other}: expected epoch seconds as a number"
+        ))),
+    }
 }
 
 /// `{"success": true, "results": [...]}`.

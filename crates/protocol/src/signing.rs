@@ -8,7 +8,9 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use rsa::pkcs1::{DecodeRsaPrivateKey, DecodeRsaPublicKey, EncodeRsaPublicKey};
-use rsa::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rsa::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding,
+};
 use rsa::traits::PublicKeyParts;
 use rsa::{Pkcs1v15Sign, RsaPrivateKey, RsaPublicKey};
 use serde_json::Value;
@@ -207,7 +209,8 @@ impl VerifyingKey {
             }
             _ => {
                 return Err(KeyError::UnsupportedPem {
-                    expected: "\"PUBLIC KEY\" (SubjectPublicKeyInfo) or \"RSA PUBLIC KEY\" (PKCS#1)",
+                    expected:
+                        "\"PUBLIC KEY\" (SubjectPublicKeyInfo) or \"RSA PUBLIC KEY\" (PKCS#1)",
                     found: describe_found(pem),
                 })
             }
