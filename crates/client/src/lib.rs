@@ -1,2 +1,50 @@
 //! The Rust SDK for Vast Serverless sessions, and `nullworker client`.
+//!
+//! The SDK is the counterpart of the Python SDK's serverless client
+//! (PROTOCOL.md §1, §2, §7), hardened where §14 allows:
+//!
+//! * [`Client`] — account level: built from the **account** api key and an
+//!   [`Instance`] (or explicit URLs); finds an [`Endpoint`] by name through
+//!   the web API. Nothing is downloaded for plain-HTTP targets; an extra root
+//!   CA can be trusted for real Vast workers.
+//! * [`Endpoint`] — reserves a worker ([`Endpoint::session`]), sends a single
+//!   routed request ([`Endpoint::request`]) and lists workers
+//!   ([`Endpoint::workers`]). Routing polls WAITING with jittered exponential
+//!   backoff; retryable statuses and transport errors are retried with backoff.
+//! * [`Session`] — a held worker with a renewed lease: [`Session::close`],
+//!   [`Session::is_open`], [`Session::request`], [`Session::ended`].
+//! * [`consumer::release`] — the consumer's `POST /release` on the instance.
+//! * [`Error`] — every failure names the step ([`Step`]) and the reason.
+//!
+//! Modules: `config` (instances, builder), `http` (the one HTTP helper),
+//! `backoff` (pure delays), `client` (client, endpoint, routing), `session`
+//! (sessions and leases), [`cli`] (`nullworker client`: runs, display, summary).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nullworker_client::Error> {
+//! use std::time::Duration;
+//! use nullworker_client::{Client, Instance, SessionOptions};
+//!
+//! let client = Client::builder("my-account-key").instance(Instance::Local).build()?;
+//! let endpoint = client.endpoint("my-endpoint").await?;
+//! let session = endpoint
+//!     .session(SessionOptions { lifetime: Duration::from_secs(60), ..Default::default() })
+//!     .await?;
+//! println!("holding {} on {}", session.id(), session.url());
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod backoff;
 pub mod cli;
+mod client;
+mod config;
+pub mod consumer;
+mod error;
+mod http;
+mod session;
+
+pub use client::{Client, Endpoint, Progress, RequestOptions, Response, RouteEvent};
+pub use config::{ClientBuilder, Instance, ParseInstanceError, RetryPolicy};
+pub use error::{Error, Step};
+pub use session::{Session, SessionEnd, SessionOptions, SessionStatus};

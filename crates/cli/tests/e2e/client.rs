@@ -1,1 +1,424 @@
-//! End-to-end tests of the client.
+//! End-to-end tests of `nullworker client` and `nullworker demo` with the
+//! real engine and worker binaries: counts, intervals and holds; every
+//! session closed at the end; SIGINT and SIGKILL; leases longer than the
+//! lifetime; releases from the worker side; `--json`; error exits.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::engine::{EngineGuard, TestEndpoint};
+use crate::common::process::{nullworker, wait_for, ChildGuard};
+
+/// Where and as whom the client connects.
+struct EngineGuardView {
+    url: String,
+    account_key: String,
+}
+
+impl EngineGuardView {
+    /// `nullworker client --json` on endpoint `ep`.
+    fn client(&self, ep: &TestEndpoint, args: &[&str]) -> Command {
+        let mut cmd = nullworker();
+        cmd.arg("client")
+            .args(["--endpoint", &ep.name, "--api-key", &self.account_key])
+            .args(["--autoscaler-url", &self.url, "--webserver-url", &self.url])
+            .arg("--json")
+            .args(args);
+        cmd
+    }
+}
+
+/// `nullworker client --json` against `engine`'s endpoint `ep`.
+fn client(engine: &EngineGuard, ep: &TestEndpoint, args: &[&str]) -> Command {
+    EngineGuardView {
+        url: engine.url.clone(),
+        account_key: engine.account_key.clone(),
+    }
+    .client(ep, args)
+}
+
+/// A running client whose stdout lines arrive on a channel.
+struct RunningClient {
+    child: ChildGuard,
+    lines: Receiver<String>,
+    seen: Vec<Value>,
+}
+
+impl RunningClient {
+    fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn(cmd);
+        let stdout = child
+            .child
+            .as_mut()
+            .expect("child")
+            .stdout
+            .take()
+            .expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first JSON event matching `pred` (every line must parse).
+    fn wait_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; saw {:?}",
+                    self.seen
+                )
+            });
+            let value: Value =
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("--json line {line:?}: {e}"));
+            self.seen.push(value.clone());
+            if pred(&value) {
+                return value;
+            }
+        }
+    }
+
+    /// Waits for exit; returns the exit code and every event.
+    fn finish(&mut self, timeout: Duration) -> (i32, Vec<Value>) {
+        let status = self
+            .child
+            .wait_timeout(timeout)
+            .expect("client exited in time");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(
+                serde_json::from_str(&line).unwrap_or_else(|e| panic!("--json line {line:?}: {e}")),
+            );
+        }
+        (status.code().unwrap_or(-1), self.seen.clone())
+    }
+}
+
+fn events<'a>(all: &'a [Value], name: &str) -> Vec<&'a Value> {
+    all.iter().filter(|v| v["event"] == name).collect()
+}
+
+/// Total `cur_load` the engine sees on the endpoint's workers.
+fn load(engine: &EngineGuard, ep: &TestEndpoint) -> f64 {
+    engine
+        .workers(ep)
+        .iter()
+        .map(|w| w["cur_load"].as_f64().unwrap_or(0.0))
+        .sum()
+}
+
+/// Runs a command to completion; returns exit code and stderr.
+fn run_to_end(mut cmd: Command) -> (i32, String) {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn client_opens_count_sessions_interval_apart_holds_and_closes_them() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-basic", json!({}));
+    let mut run = RunningClient::spawn(client(
+        &engine,
+        &ep,
+        &["--count", "2", "--interval", "2", "--hold", "3"],
+    ));
+    let (code, all) = run.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{all:#?}");
+
+    let routing = events(&all, "routing");
+    assert_eq!(routing.len(), 2);
+    let gap = routing[1]["t"].as_f64().unwrap() - routing[0]["t"].as_f64().unwrap();
+    assert!(gap >= 1.9, "second session started {gap} s after the first");
+    let held = events(&all, "held");
+    assert_eq!(held.len(), 2, "{all:#?}");
+    let ended = events(&all, "ended");
+    assert_eq!(ended.len(), 2);
+    // Sessions held at the same time are on different workers (max_sessions = 1).
+    let first_end = ended.iter().find(|e| e["session"] == 1).unwrap()["t"]
+        .as_f64()
+        .unwrap();
+    if held[1]["t"].as_f64().unwrap() < first_end {
+        assert_ne!(
+            held[0]["worker_url"], held[1]["worker_url"],
+            "one session per worker"
+        );
+    }
+    for e in &ended {
+        assert_eq!(e["how"], "closed", "{e}");
+        assert!(e["held_secs"].as_f64().unwrap() >= 3.0, "{e}");
+    }
+    let summary = events(&all, "summary");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["exit_code"], 0);
+    assert_eq!(summary[0]["sessions"].as_array().unwrap().len(), 2);
+    // Every session was closed: the engine sees no load.
+    wait_for("zero load on the endpoint", Duration::from_secs(15), || {
+        (load(&engine, &ep) == 0.0).then_some(())
+    });
+}
+
+#[test]
+fn sigint_mid_hold_closes_every_session_at_once() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-sigint", json!({}));
+    let mut run = RunningClient::spawn(client(
+        &engine,
+        &ep,
+        &["--count", "2", "--interval", "0", "--hold", "600"],
+    ));
+    for n in [1, 2] {
+        run.wait_event("two held sessions", Duration::from_secs(60), |v| {
+            v["event"] == "held" && v["session"] == n
+        });
+    }
+    wait_for(
+        "the engine to see both sessions",
+        Duration::from_secs(15),
+        || (load(&engine, &ep) >= 200.0).then_some(()),
+    );
+    run.child.signal(libc::SIGINT);
+    let (code, all) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 130, "{all:#?}");
+    let ended = events(&all, "ended");
+    assert_eq!(ended.len(), 2, "{all:#?}");
+    assert!(ended.iter().all(|e| e["how"] == "interrupted"), "{ended:?}");
+    // Freed at once: far sooner than the 60 s lifetime.
+    wait_for("zero load after SIGINT", Duration::from_secs(10), || {
+        (load(&engine, &ep) == 0.0).then_some(())
+    });
+}
+
+#[test]
+fn a_killed_client_frees_its_worker_within_one_lifetime() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-sigkill", json!({}));
+    let lifetime = 8.0;
+    let mut run = RunningClient::spawn(client(&engine, &ep, &["--hold", "600", "--lifetime", "8"]));
+    run.wait_event("a held session", Duration::from_secs(60), |v| {
+        v["event"] == "held"
+    });
+    wait_for(
+        "the engine to see the session",
+        Duration::from_secs(15),
+        || (load(&engine, &ep) >= 100.0).then_some(()),
+    );
+    run.child.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    // Lifetime, plus the worker's 5 s GC tick and a report to the engine.
+    wait_for(
+        "the session to expire",
+        Duration::from_secs_f64(lifetime + 7.0),
+        || (load(&engine, &ep) == 0.0).then_some(()),
+    );
+    eprintln!(
+        "freed {:.1} s after SIGKILL (lifetime {lifetime} s)",
+        killed.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_hold_longer_than_the_lifetime_stays_held() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-lease", json!({}));
+    let mut run = RunningClient::spawn(client(&engine, &ep, &["--hold", "12", "--lifetime", "4"]));
+    let (code, all) = run.finish(Duration::from_secs(120));
+    assert_eq!(code, 0, "{all:#?}");
+    let ended = events(&all, "ended");
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0]["how"], "closed", "{all:#?}");
+    assert!(ended[0]["held_secs"].as_f64().unwrap() >= 12.0);
+}
+
+#[test]
+fn a_release_on_the_instance_is_shown_as_released_by_worker() {
+    let engine = EngineGuard::start();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let script = format!(
+        "echo \"$NULL_CONTROL_PORT\" > '{}'/\"control-port-$WORKER_PORT\"; exec sleep 100000",
+        tmp.path().display()
+    );
+    let consumer = format!("/bin/sh -c '{}'", script.replace('\'', r"'\''"));
+    let ep = engine.create_seed_endpoint("client-release", json!({ "consumer_command": consumer }));
+    let mut run = RunningClient::spawn(client(
+        &engine,
+        &ep,
+        &["--hold", "120", "--check-interval", "1"],
+    ));
+    let held = run.wait_event("a held session", Duration::from_secs(60), |v| {
+        v["event"] == "held"
+    });
+    let worker_port = held["worker_url"]
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let file = tmp.path().join(format!("control-port-{worker_port}"));
+    let control_port = wait_for(
+        "the consumer's control port file",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&file)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        },
+    );
+    let answer: Value = reqwest::blocking::Client::new()
+        .post(format!("http://127.0.0.1:{control_port}/release"))
+        .send()
+        .expect("release")
+        .json()
+        .expect("json");
+    assert_eq!(answer["released"], true, "{answer}");
+    let ended = run.wait_event("the end", Duration::from_secs(15), |v| {
+        v["event"] == "ended"
+    });
+    assert_eq!(ended["how"], "released_by_worker", "{ended}");
+    let (code, all) = run.finish(Duration::from_secs(15));
+    assert_eq!(code, 0, "released by the worker is not a failure: {all:#?}");
+}
+
+#[test]
+fn bad_input_and_failures_exit_non_zero_with_one_clear_line() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-errors", json!({}));
+
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["--hold", "-5"], 2, "--hold -5 is invalid"),
+        (vec!["--count", "0"], 2, "--count 0 is invalid"),
+        (vec!["--interval", "nan"], 2, "--interval NaN is invalid"),
+    ];
+    for (args, want, needle) in cases {
+        let (code, stderr) = run_to_end(client(&engine, &ep, &args));
+        assert_eq!(code, want, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+    }
+
+    let unknown = TestEndpoint {
+        name: "no-such-endpoint".into(),
+        ..ep.clone()
+    };
+    let (code, stderr) = run_to_end(client(&engine, &unknown, &["--hold", "1"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("\"no-such-endpoint\" not found"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
+    let wrong = EngineGuardView {
+        url: engine.url.clone(),
+        account_key: "wrong-key".into(),
+    };
+    let (code, stderr) = run_to_end(wrong.client(&ep, &["--hold", "1"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("api key was rejected"), "{stderr}");
+
+    let dead = format!("http://127.0.0.1:{}", crate::common::process::free_port());
+    let mut cmd = nullworker();
+    cmd.args([
+        "client",
+        "--endpoint",
+        "x",
+        "--api-key",
+        "k",
+        "--autoscaler-url",
+        &dead,
+        "--webserver-url",
+        &dead,
+    ]);
+    let (code, stderr) = run_to_end(cmd);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("cannot reach") && stderr.contains(&dead),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn an_engine_that_never_produces_a_worker_fails_after_the_timeout() {
+    let engine = EngineGuard::start();
+    // Workers that never become ready.
+    let ep =
+        engine.create_seed_endpoint("client-never", json!({ "worker_command": "sleep 100000" }));
+    let started = Instant::now();
+    let mut run = RunningClient::spawn(client(&engine, &ep, &["--hold", "5", "--timeout", "3"]));
+    let (code, all) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 1, "{all:#?}");
+    let failed = events(&all, "failed");
+    assert_eq!(failed.len(), 1, "{all:#?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after"),
+        "{all:#?}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(3));
+}
+
+#[test]
+fn demo_runs_the_whole_system_and_exits_zero() {
+    let mut cmd = nullworker();
+    cmd.args([
+        "demo",
+        "--count",
+        "3",
+        "--interval",
+        "2",
+        "--hold",
+        "6",
+        "--release-after",
+        "3",
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn(cmd);
+    let status = child
+        .wait_timeout(Duration::from_secs(120))
+        .expect("demo finished within 120 s");
+    let mut out = String::new();
+    std::io::Read::read_to_string(
+        child.child.as_mut().unwrap().stdout.as_mut().unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    assert!(status.success(), "demo failed: {out}");
+    assert!(out.contains("released by worker after"), "{out}");
+    assert!(out.contains("0 → 1 → 2 → 3"), "{out}");
+    assert!(out.contains("done: scaled 0 → 3 → 0 workers"), "{out}");
+}

@@ -1,0 +1,320 @@
+//! Command-line edge of the client: `nullworker client`, the seed's demo
+//! client (open `--count` sessions `--interval` seconds apart, hold each
+//! `--hold` seconds, close them).
+//!
+//! Owns the flags ([`ClientArgs`]), their validation into [`ClientConfig`],
+//! signal handling (Ctrl-C closes every open session; a second Ctrl-C exits
+//! at once) and the exit code. Runs live in [`runner`], rendering in [`display`].
+
+pub mod display;
+pub mod runner;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Client, Instance};
+use display::{Display, Mode};
+use runner::{Event, Plan};
+
+/// Exit code for invalid flag values (as for other usage errors).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code after Ctrl-C / SIGTERM when no session failed.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Options of `nullworker client`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_long_help = "EXIT CODES:\n  0    every session was held and closed (or released by its worker)\n  1    a session failed (no worker within --timeout, lease lost, ...) or the run could not start\n  2    invalid flag values\n  130  interrupted (Ctrl-C / SIGTERM); every open session was closed"
+)]
+pub struct ClientArgs {
+    /// Name of the endpoint to reserve workers on.
+    #[arg(long, env = "VAST_ENDPOINT")]
+    pub endpoint: String,
+
+    /// Route service deployment: `prod` (https://run.vast.ai), `alpha`,
+    /// `candidate`, or `local` (a `nullworker engine` at http://127.0.0.1:8080,
+    /// which serves both the route service and the web API). `prod`, `alpha`
+    /// and `candidate` use https://console.vast.ai as the web API.
+    #[arg(long, default_value = "local", value_parser = parse_instance)]
+    pub instance: Instance,
+
+    /// Number of concurrent sessions.
+    #[arg(long, default_value_t = 1)]
+    pub count: i64,
+
+    /// Seconds each session is held once it has a worker.
+    #[arg(long, default_value_t = 180.0, allow_negative_numbers = true)]
+    pub hold: f64,
+
+    /// Seconds between session starts (when --count > 1).
+    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
+    pub interval: f64,
+
+    /// `cost` of each session (default 100 = the null worker's max_perf, so
+    /// one session fills one worker).
+    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
+    pub cost: f64,
+
+    /// Session lifetime in seconds: how long a worker stays reserved after
+    /// this client stops renewing (e.g. dies). Held sessions are renewed, so
+    /// --hold may be far longer.
+    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
+    pub lifetime: f64,
+
+    /// Seconds allowed to get a worker for each session before it fails.
+    #[arg(long, default_value_t = 300.0, allow_negative_numbers = true)]
+    pub timeout: f64,
+
+    /// Account api key (not an endpoint key; endpoint keys are looked up).
+    #[arg(
+        long,
+        env = "VAST_API_KEY",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true
+    )]
+    pub api_key: String,
+
+    /// Route service base URL (overrides --instance).
+    #[arg(long)]
+    pub autoscaler_url: Option<String>,
+
+    /// Web API base URL (overrides --instance).
+    #[arg(long)]
+    pub webserver_url: Option<String>,
+
+    /// Extra root CA (PEM file) to trust, e.g. Vast's root for HTTPS workers.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// Seconds between checks that a held session is still open on its
+    /// worker (how soon a release from the worker side is noticed).
+    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+    pub check_interval: f64,
+
+    /// Print one JSON object per event and line instead of the live display.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_instance(s: &str) -> Result<Instance, String> {
+    s.parse::<Instance>().map_err(|e| e.to_string())
+}
+
+/// Validated settings of `nullworker client`.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Endpoint name.
+    pub endpoint: String,
+    /// What to do.
+    pub plan: Plan,
+    /// How to show it.
+    pub json: bool,
+}
+
+/// An invalid flag value; the message names the flag, the value and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn seconds(flag: &str, value: f64, min: f64, inclusive: bool) -> Result<Duration, UsageError> {
+    let ok = value.is_finite() && if inclusive { value >= min } else { value > min };
+    if !ok {
+        let relation = if inclusive {
+            "at least"
+        } else {
+            "greater than"
+        };
+        return Err(UsageError(format!(
+            "{flag} {value} is invalid: expected a finite number of seconds {relation} {min}"
+        )));
+    }
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| UsageError(format!("{flag} {value} is invalid: too large")))
+}
+
+impl ClientArgs {
+    /// Checks every value and derives the run's plan.
+    pub fn validate(&self) -> Result<ClientConfig, UsageError> {
+        if self.endpoint.trim().is_empty() {
+            return Err(UsageError(
+                "--endpoint is empty: expected an endpoint name (or set VAST_ENDPOINT)".to_owned(),
+            ));
+        }
+        if !(1..=10_000).contains(&self.count) {
+            return Err(UsageError(format!(
+                "--count {} is invalid: expected a whole number from 1 to 10000",
+                self.count
+            )));
+        }
+        if !self.cost.is_finite() || self.cost < 0.0 {
+            return Err(UsageError(format!(
+                "--cost {} is invalid: expected a finite number >= 0",
+                self.cost
+            )));
+        }
+        Ok(ClientConfig {
+            endpoint: self.endpoint.clone(),
+            plan: Plan {
+                count: self.count as u32,
+                hold: seconds("--hold", self.hold, 0.0, false)?,
+                interval: seconds("--interval", self.interval, 0.0, true)?,
+                cost: self.cost,
+                lifetime: seconds("--lifetime", self.lifetime, 4.0, true)?,
+                timeout: Some(seconds("--timeout", self.timeout, 0.0, false)?),
+                check_interval: seconds("--check-interval", self.check_interval, 0.1, true)?,
+            },
+            json: self.json,
+        })
+    }
+
+    /// Builds the SDK client from the connection flags.
+    pub fn client(&self) -> Result<Client, crate::Error> {
+        let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
+        if let Some(url) = &self.autoscaler_url {
+            builder = builder.autoscaler_url(url.clone());
+        }
+        if let Some(url) = &self.webserver_url {
+            builder = builder.webserver_url(url.clone());
+        }
+        if let Some(path) = &self.ca_cert {
+            builder = builder.extra_root_ca(path.clone());
+        }
+        builder.build()
+    }
+}
+
+/// Runs `nullworker client`.
+pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
+    let config = match args.validate() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("nullworker: error: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    let client = args.client()?;
+    let endpoint = client.endpoint(&config.endpoint).await.with_context(|| {
+        format!(
+            "cannot use endpoint {:?} at {}",
+            config.endpoint,
+            client.webserver_url()
+        )
+    })?;
+
+    let cancel = CancellationToken::new();
+    let interrupted = watch_signals(cancel.clone())?;
+
+    let t0 = Instant::now();
+    let plan = config.plan.clone();
+    let mut display = Display::new(
+        Mode::detect(config.json),
+        plan.clone(),
+        t0,
+        Box::new(std::io::stdout()),
+    );
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let _ = tx.send(Event::Start {
+        t: 0.0,
+        endpoint: endpoint.name().to_owned(),
+        count: plan.count,
+        hold_secs: plan.hold.as_secs_f64(),
+        interval_secs: plan.interval.as_secs_f64(),
+        cost: plan.cost,
+        lifetime_secs: plan.lifetime.as_secs_f64(),
+    });
+    let run = runner::run_plan(&endpoint, &plan, t0, tx, cancel.clone());
+    let (reports, ()) = tokio::join!(run, display.drive(rx));
+    let was_interrupted = interrupted.is_cancelled();
+    let code = runner::exit_code(&reports, was_interrupted);
+    display.finish(&reports, code);
+    let failed = reports.iter().filter(|r| r.outcome.is_failure()).count();
+    if failed > 0 {
+        eprintln!(
+            "nullworker: error: {failed} of {} session(s) failed",
+            reports.len()
+        );
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Cancels `cancel` on the first SIGINT or SIGTERM; exits the process at
+/// once (code 130) on the second. The returned token is cancelled when a
+/// signal was received.
+fn watch_signals(cancel: CancellationToken) -> anyhow::Result<CancellationToken> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let received = CancellationToken::new();
+    let flag = received.clone();
+    tokio::spawn(async move {
+        for round in 0..2 {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                flag.cancel();
+                cancel.cancel();
+            } else {
+                eprintln!("nullworker: interrupted again: exiting without closing; open sessions end by expiry");
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+        }
+    });
+    Ok(received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ClientArgs,
+    }
+
+    fn parse(extra: &[&str]) -> ClientArgs {
+        let mut argv = vec!["client", "--endpoint", "e"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("parse").args
+    }
+
+    #[test]
+    fn defaults_match_the_seed_client() {
+        let config = parse(&[]).validate().unwrap();
+        assert_eq!(config.plan.count, 1);
+        assert_eq!(config.plan.hold, Duration::from_secs(180));
+        assert_eq!(config.plan.interval, Duration::from_secs(30));
+        assert_eq!(config.plan.cost, 100.0);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (flags, needle) in [
+            (vec!["--hold", "-5"], "--hold -5"),
+            (vec!["--hold", "0"], "--hold 0"),
+            (vec!["--count", "0"], "--count 0"),
+            (vec!["--interval", "-1"], "--interval -1"),
+            (vec!["--cost", "NaN"], "--cost NaN"),
+            (vec!["--hold", "inf"], "--hold inf"),
+            (vec!["--lifetime", "1"], "--lifetime 1"),
+        ] {
+            let err = parse(&flags).validate().unwrap_err().to_string();
+            assert!(err.contains(needle), "{flags:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_instance_is_refused() {
+        let argv = ["client", "--endpoint", "e", "--instance", "staging"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+}
