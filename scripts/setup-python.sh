@@ -10,6 +10,10 @@
 #        PYTHON=python3.11 scripts/setup-python.sh
 #        FORCE=1 scripts/setup-python.sh    # rebuild .venv from scratch
 #
+# Also: VENV_DIR=/path (another location; point NULLWORKER_PYTHON at its
+# bin/python for the tests), SETUP_PYTHON_MODE=venv|virtualenv|target (skip
+# the detection and use that method).
+#
 # Works on a fresh Debian machine with python3 (>= 3.10) and pip. When the
 # venv module is unusable (Debian without python3-venv) it tries, in order:
 # installing python3-venv with apt-get (as root only), `virtualenv`, and
@@ -17,7 +21,10 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="$repo/.venv"
+venv="${VENV_DIR:-$repo/.venv}"
+case "$venv" in
+    "" | "/" | "$HOME" | "$repo") echo "setup-python: refusing to use $venv as the environment directory" >&2; exit 2 ;;
+esac
 requirements="$repo/scripts/python-requirements.txt"
 want_version="1.9.1"
 
@@ -71,8 +78,18 @@ try_venv() {
 }
 
 mode=""
-if try_venv; then
+forced="${SETUP_PYTHON_MODE:-}"
+case "$forced" in
+    "" | venv | virtualenv | target) ;;
+    *) log "SETUP_PYTHON_MODE=$forced: expected venv, virtualenv or target"; exit 2 ;;
+esac
+if [[ "$forced" == "virtualenv" || "$forced" == "target" ]]; then
+    : # skip the venv module
+elif try_venv; then
     mode=venv
+elif [[ "$forced" == "venv" ]]; then
+    log "python -m venv does not work with $python"
+    exit 1
 else
     rm -rf "$venv"
     if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null 2>&1; then
@@ -85,21 +102,22 @@ else
         if try_venv; then mode=venv; else rm -rf "$venv"; fi
     fi
 fi
-if [[ -z "$mode" ]]; then
-    if command -v virtualenv >/dev/null 2>&1 || "$python" -m virtualenv --version >/dev/null 2>&1 ||
+try_virtualenv() {
+    if ! "$python" -m virtualenv --version >/dev/null 2>&1; then
         "$python" -m pip install --quiet --user virtualenv >&2 ||
-        "$python" -m pip install --quiet --break-system-packages --user virtualenv >&2; then
-        if "$python" -m virtualenv --quiet "$venv" >&2 && [[ -x "$venv/bin/python" ]]; then
-            mode=venv
-        else
-            rm -rf "$venv"
-        fi
+            "$python" -m pip install --quiet --user --break-system-packages virtualenv >&2 ||
+            return 1
     fi
+    "$python" -m virtualenv --quiet "$venv" >&2 && [[ -x "$venv/bin/python" ]]
+}
+
+if [[ -z "$mode" && "$forced" != "target" ]]; then
+    log "trying virtualenv"
+    if try_virtualenv; then mode=venv; else rm -rf "$venv"; fi
 fi
 
 if [[ "$mode" == "venv" ]]; then
     log "installing $requirements into $venv"
-    "$venv_python" -m pip install --quiet --upgrade pip >&2 || log "pip upgrade failed; continuing with the bundled pip"
     "$venv_python" -m pip install --quiet -r "$requirements" >&2
 else
     # Last resort: a plain directory of packages plus a wrapper that puts it
