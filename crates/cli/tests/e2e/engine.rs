@@ -1,1 +1,535 @@
-//! End-to-end tests of the engine.
+//! End-to-end tests of `nullworker engine` with real worker processes
+//! (`nullworker serve`): scaling from zero and back, concurrency, the
+//! `max_workers` cap, replacement of broken workers, restarts, bad input and
+//! the `nullworker endpoint` CLI.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::common::engine::{alive, EngineGuard, TestEndpoint, ACCOUNT_KEY};
+use crate::common::process::{free_port, nullworker, wait_for};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// Opens a session on the worker of a READY answer; returns its id.
+fn open_session(ready: &Value) -> String {
+    let url = ready["url"].as_str().expect("url");
+    let resp = http()
+        .post(format!("{url}/session/create"))
+        .json(&json!({"auth_data": ready, "payload": {"lifetime": 300}, "session_id": null}))
+        .send()
+        .expect("session/create");
+    assert_eq!(resp.status().as_u16(), 201, "session/create");
+    let v: Value = resp.json().expect("json");
+    v["session_id"].as_str().expect("session_id").to_owned()
+}
+
+fn end_session(ready: &Value, session_id: &str) {
+    let url = ready["url"].as_str().expect("url");
+    let resp = http()
+        .post(format!("{url}/session/end"))
+        .json(&json!({"session_id": session_id, "session_auth": ready}))
+        .send()
+        .expect("session/end");
+    assert_eq!(resp.status().as_u16(), 200, "session/end");
+}
+
+/// Workers that exist (not being destroyed).
+fn live_workers(engine: &EngineGuard, ep: &TestEndpoint) -> Vec<Value> {
+    engine
+        .workers(ep)
+        .into_iter()
+        .filter(|w| w["status"] != "DESTROYING")
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn engine_scales_from_zero_holds_a_session_and_returns_to_zero() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("zero", json!({"inactivity_timeout": 2}));
+    assert!(engine.workers(&ep).is_empty());
+
+    // The engine holds the first answer while it starts a worker, so a
+    // request at zero workers may be READY at once; either way it keeps
+    // its index until READY.
+    let first = engine.route(&ep, 0, 100.0);
+    assert!(first["request_idx"].as_u64().unwrap() > 0);
+    let ready = if first.get("url").is_some() {
+        first.clone()
+    } else {
+        assert!(
+            first["status"].as_str().unwrap().starts_with("waiting"),
+            "{first}"
+        );
+        engine.poll_until_ready(&ep, first["request_idx"].as_u64().unwrap(), LONG)
+    };
+    assert_eq!(
+        ready["request_idx"], first["request_idx"],
+        "the request keeps its index"
+    );
+    for key in [
+        "endpoint",
+        "url",
+        "cost",
+        "reqnum",
+        "request_idx",
+        "signature",
+    ] {
+        assert!(ready.get(key).is_some(), "READY lacks {key}: {ready}");
+    }
+    let session = open_session(&ready);
+    let workers = live_workers(&engine, &ep);
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0]["url"], ready["url"]);
+    wait_for("the worker to report the session", LONG, || {
+        let w = engine.workers(&ep);
+        (w.len() == 1 && w[0]["cur_load"].as_f64() == Some(100.0) && w[0]["reqs_working"] == 1)
+            .then_some(())
+    });
+
+    // The worker's /ping accepts the engine's signature.
+    let resp = http()
+        .post(format!("{}/ping", ready["url"].as_str().unwrap()))
+        .json(&json!({"auth_data": ready, "payload": {}, "session_id": session}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+
+    end_session(&ready, &session);
+    wait_for("scale to zero after inactivity_timeout", LONG, || {
+        engine.workers(&ep).is_empty().then_some(())
+    });
+    let m = engine.metrics();
+    assert!(
+        metric(
+            &m,
+            "nullworker_scale_actions_total{action=\"create\",reason=\"scale_from_zero\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "nullworker_wait_to_ready_seconds_count") >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn engine_three_concurrent_sessions_get_three_workers() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("three", json!({"inactivity_timeout": 2}));
+    // Three clients poll concurrently until each holds a session.
+    let mut idxs = [0u64; 3];
+    let mut held: Vec<Option<(Value, String)>> = vec![None, None, None];
+    wait_for("three sessions held", LONG, || {
+        for i in 0..3 {
+            if held[i].is_some() {
+                continue;
+            }
+            let v = engine.route(&ep, idxs[i], 100.0);
+            idxs[i] = v["request_idx"].as_u64().unwrap();
+            if v.get("url").is_some() {
+                let sid = open_session(&v);
+                held[i] = Some((v, sid));
+            }
+        }
+        if held.iter().all(Option::is_some) {
+            return Some(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    let mut urls: Vec<String> = held
+        .iter()
+        .map(|h| h.as_ref().unwrap().0["url"].as_str().unwrap().to_owned())
+        .collect();
+    urls.sort();
+    urls.dedup();
+    assert_eq!(urls.len(), 3, "each session on its own worker: {urls:?}");
+    assert_eq!(live_workers(&engine, &ep).len(), 3);
+    let creates = metric(
+        &engine.metrics(),
+        "nullworker_scale_actions_total{action=\"create\"",
+    );
+    assert_eq!(creates, 3.0, "exactly three workers were created");
+
+    for (ready, sid) in held.iter().flatten() {
+        end_session(ready, sid);
+    }
+    wait_for("scale to zero", LONG, || {
+        engine.workers(&ep).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn engine_max_workers_makes_requests_wait_until_a_session_ends() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("capped", json!({"max_workers": 1}));
+    let first = engine.route_until_ready(&ep, LONG);
+    let session = open_session(&first);
+    wait_for("the worker to report the session", LONG, || {
+        let w = engine.workers(&ep);
+        (w.len() == 1 && w[0]["cur_load"].as_f64() == Some(100.0)).then_some(())
+    });
+    // A second session waits: the only worker is full and no other may start.
+    let mut idx = 0;
+    for _ in 0..3 {
+        let v = engine.route(&ep, idx, 100.0);
+        assert!(
+            v.get("url").is_none(),
+            "max_workers=1 is full, expected WAITING: {v}"
+        );
+        idx = v["request_idx"].as_u64().unwrap();
+        assert!(live_workers(&engine, &ep).len() <= 1);
+    }
+    end_session(&first, &session);
+    let second = wait_for("READY once the session ended", LONG, || {
+        let v = engine.route(&ep, idx, 100.0);
+        if v.get("url").is_some() {
+            return Some(v);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        None
+    });
+    assert_eq!(second["url"], first["url"]);
+    assert_eq!(
+        second["request_idx"].as_u64(),
+        Some(idx),
+        "the waiting request keeps its index"
+    );
+}
+
+#[test]
+fn engine_replaces_a_killed_worker() {
+    let engine = EngineGuard::start();
+    // Keep one worker up with no load (never scale to zero).
+    let ep =
+        engine.create_seed_endpoint("killed", json!({"inactivity_timeout": -1, "min_load": 100}));
+    let (old_id, pid) = wait_for("an IDLE worker", LONG, || {
+        engine
+            .workers_detail(&ep)
+            .into_iter()
+            .find(|w| w["status"] == "IDLE")
+            .map(|w| (w["id"].as_i64().unwrap(), w["pid"].as_i64().unwrap()))
+    });
+    // SAFETY: kill(2) on the worker process the engine started.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_for("a replacement worker", LONG, || {
+        let ws = engine.workers_detail(&ep);
+        let old_gone = ws.iter().all(|w| w["id"].as_i64() != Some(old_id));
+        let new_idle = ws
+            .iter()
+            .any(|w| w["status"] == "IDLE" && w["id"].as_i64() != Some(old_id));
+        (old_gone && new_idle).then_some(())
+    });
+    assert!(
+        metric(
+            &engine.metrics(),
+            "nullworker_worker_exits_total{kind=\"unexpected\"}"
+        ) >= 1.0
+    );
+}
+
+#[test]
+fn engine_replaces_a_worker_whose_consumer_health_fails() {
+    let engine = EngineGuard::start();
+    let health_port = free_port();
+    // The consumer serves the health URL; max_workers 1 keeps the port unique.
+    let ep = engine.create_seed_endpoint(
+        "health",
+        json!({
+            "inactivity_timeout": -1,
+            "min_load": 100,
+            "max_workers": 1,
+            "consumer_command": format!("exec python3 -m http.server {health_port} --bind 127.0.0.1"),
+            "worker_env": {"BACKEND_HEALTH_URL": format!("http://127.0.0.1:{health_port}/")},
+        }),
+    );
+    let (old_id, consumer_pid) = wait_for("an IDLE worker with its consumer", LONG, || {
+        engine
+            .workers_detail(&ep)
+            .into_iter()
+            .find(|w| w["status"] == "IDLE")
+            .map(|w| {
+                (
+                    w["id"].as_i64().unwrap(),
+                    w["consumer_pid"].as_i64().unwrap(),
+                )
+            })
+    });
+    assert!(alive(consumer_pid));
+    // SAFETY: kill(2) on the consumer process the engine started.
+    assert_eq!(unsafe { libc::kill(consumer_pid as i32, libc::SIGKILL) }, 0);
+    // The worker's next health check (every 10 s) fails: ERROR, replaced.
+    wait_for(
+        "the broken worker to be replaced",
+        Duration::from_secs(90),
+        || {
+            let ws = engine.workers_detail(&ep);
+            let replaced = ws.iter().all(|w| w["id"].as_i64() != Some(old_id))
+                && ws.iter().any(|w| w["status"] == "IDLE");
+            replaced.then_some(())
+        },
+    );
+    let m = engine.metrics();
+    assert!(
+        metric(
+            &m,
+            "nullworker_scale_actions_total{action=\"destroy\",reason=\"error_replaced\"}"
+        ) >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn engine_restart_keeps_endpoints_and_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let (ep, account_key) = {
+        let mut engine = EngineGuard::start_in(&dir, &[]);
+        assert!(
+            !engine.account_key.is_empty(),
+            "a generated key is printed at first start: {:?}",
+            engine.stdout
+        );
+        let ep = engine.create_seed_endpoint("kept", json!({}));
+        let key = engine.account_key.clone();
+        let status = engine.stop().expect("engine exits on SIGTERM");
+        assert!(status.success(), "{status:?}");
+        (ep, key)
+    };
+    let mode = std::fs::metadata(dir.join("signing_key.pem"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let mut engine = EngineGuard::start_in(&dir, &[]);
+    assert!(
+        engine
+            .stdout
+            .iter()
+            .all(|l| !l.contains("generated account key")),
+        "the account key is printed only once: {:?}",
+        engine.stdout
+    );
+    engine.account_key = account_key;
+    let (status, v) = engine.api(Method::GET, "/api/v0/endptjobs/?client_id=me", None);
+    assert_eq!(status, 200);
+    let found = &v["results"][0];
+    assert_eq!(found["endpoint_name"], "kept");
+    assert_eq!(found["api_key"], ep.api_key.as_str());
+    assert_eq!(found["target_util"], 1.0);
+    let ready = engine.route_until_ready(&ep, LONG);
+    assert!(ready.get("url").is_some());
+}
+
+#[test]
+fn engine_refuses_a_corrupt_state_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("engine.sqlite3"), vec![7u8; 4096]).unwrap();
+    let out = nullworker()
+        .args(["engine", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a readable nullworker state database"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("engine.sqlite3")).unwrap(),
+        vec![7u8; 4096]
+    );
+}
+
+#[test]
+fn engine_rejects_bad_input_with_4xx_naming_the_field() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("strict", json!({}));
+    for path in ["/route/", "/route"] {
+        let (status, v) = engine.post(
+            path,
+            &json!({"endpoint": "strict", "api_key": "wrong", "cost": 100}),
+        );
+        assert_eq!(status, 401, "{v}");
+        assert!(
+            v["error_msg"].as_str().unwrap().contains("invalid api_key"),
+            "{v}"
+        );
+        let (status, v) = engine.post(
+            path,
+            &json!({"endpoint": "nope", "api_key": ep.api_key, "cost": 100}),
+        );
+        assert_eq!(status, 401, "{v}");
+        let (status, v) = engine.post(
+            path,
+            &json!({"endpoint": "strict", "api_key": ep.api_key, "cost": -1}),
+        );
+        assert_eq!(status, 400, "{v}");
+        assert!(v["error_msg"].as_str().unwrap().contains("cost"), "{v}");
+        let (status, v) = engine.post(path, &json!([1, 2]));
+        assert_eq!(status, 400, "{v}");
+    }
+    let raw = reqwest::blocking::Client::new()
+        .post(format!("{}/route/", engine.url))
+        .body("{not json")
+        .send()
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+
+    for (body, field) in [
+        (
+            json!({"endpoint_name": "a", "target_util": 0}),
+            "target_util",
+        ),
+        (
+            json!({"endpoint_name": "a", "target_util": 1.5}),
+            "target_util",
+        ),
+        (
+            json!({"endpoint_name": "a", "max_workers": 0}),
+            "max_workers",
+        ),
+        (
+            json!({"endpoint_name": "a", "max_workers": "many"}),
+            "max_workers",
+        ),
+        (json!({"endpoint_name": "a", "min_load": -5}), "min_load"),
+        (
+            json!({"endpoint_name": "a", "target_queue_time": 50, "max_queue_time": 1}),
+            "target_queue_time",
+        ),
+        (json!({"endpoint_name": "bad name"}), "endpoint_name"),
+        (json!({"endpoint_name": "strict"}), "endpoint_name"),
+        (
+            json!({"endpoint_name": "a", "endpoint_state": "sleeping"}),
+            "endpoint_state",
+        ),
+    ] {
+        for path in ["/api/v0/endptjobs/", "/api/v0/endptjobs"] {
+            let (status, v) = engine.api(Method::POST, path, Some(body.clone()));
+            assert_eq!(status, 400, "{body}: {v}");
+            assert!(v["msg"].as_str().unwrap().contains(field), "{body}: {v}");
+        }
+    }
+    let (status, v) = engine.api(
+        Method::PUT,
+        &format!("/api/v0/endptjobs/{}/", ep.id),
+        Some(json!({"cold_workers": 50})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("cold_workers"), "{v}");
+    // Wrong account key.
+    let resp = reqwest::blocking::Client::new()
+        .get(format!("{}/api/v0/endptjobs/", engine.url))
+        .bearer_auth("not-the-key")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    // Unknown worker reports and endpoints.
+    let (status, _) = engine.post("/worker_status/", &json!({"id": 999, "mtoken": "x"}));
+    assert_eq!(status, 401);
+    let (status, _) = engine.api(Method::GET, "/api/v0/endptjobs/999/", None);
+    assert_eq!(status, 404);
+    let (status, _) = engine.api(Method::GET, "/api/v0/endptjobs/abc/", None);
+    assert_eq!(status, 400);
+    // The engine is still fine.
+    let (status, _) = engine.api(Method::GET, "/api/v0/endptjobs", None);
+    assert_eq!(status, 200);
+    let pem = reqwest::blocking::get(format!("{}/pubkey", engine.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+}
+
+#[test]
+fn engine_endpoint_cli_creates_lists_and_shows_workers_and_logs() {
+    let engine = EngineGuard::start();
+    let cli = |args: &[&str]| {
+        let out = nullworker()
+            .arg("endpoint")
+            .args(["--engine-url", &engine.url, "--api-key", ACCOUNT_KEY])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let created = cli(&[
+        "create",
+        "clied",
+        "--preset",
+        "seed",
+        "--max-workers",
+        "3",
+        "--inactivity-timeout",
+        "-1",
+    ]);
+    assert!(created.contains("created endpoint clied"), "{created}");
+    let list = cli(&["list"]);
+    assert!(list.contains("clied"), "{list}");
+    let show: Value = serde_json::from_str(&cli(&["show", "clied"])).unwrap();
+    assert_eq!(show["max_workers"], 3);
+    assert_eq!(show["max_queue_time"], 1.0);
+    assert_eq!(show["inactivity_timeout"], -1.0);
+    cli(&["update", "clied", "--min-load", "100"]);
+    let ep = TestEndpoint {
+        id: show["id"].as_i64().unwrap(),
+        name: "clied".into(),
+        api_key: show["api_key"].as_str().unwrap().into(),
+    };
+    wait_for("min_load brings a worker up", LONG, || {
+        engine
+            .workers(&ep)
+            .iter()
+            .any(|w| w["status"] == "IDLE")
+            .then_some(())
+    });
+    let table = cli(&["workers", "clied"]);
+    assert!(
+        table.contains("IDLE") && table.contains("http://127.0.0.1:"),
+        "{table}"
+    );
+    let logs = wait_for("worker logs", LONG, || {
+        let logs = cli(&["logs", "clied"]);
+        logs.contains("===== worker").then_some(logs)
+    });
+    assert!(logs.contains("starting worker"), "{logs}");
+    let deleted = cli(&["delete", "clied"]);
+    assert!(deleted.contains("deleted endpoint clied"), "{deleted}");
+    assert!(!cli(&["list"]).contains("clied"));
+    // Without a key the CLI says what is missing.
+    let out = nullworker()
+        .args(["endpoint", "--engine-url", &engine.url, "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("account key"));
+}

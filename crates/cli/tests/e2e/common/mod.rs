@@ -2,4 +2,6 @@
 //! are killed when dropped, free ports and waiting on conditions.
 #![allow(dead_code)]
 
+pub mod engine;
+pub mod fake_engine;
 pub mod process;

@@ -1,0 +1,278 @@
+//! A real `nullworker engine` for tests: started on an ephemeral loopback
+//! port with its own state directory, stopped with SIGTERM (so it stops its
+//! workers) when dropped, plus small blocking clients for its APIs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use super::process::{nullworker, wait_for, ChildGuard};
+
+/// Account key every test engine uses.
+pub const ACCOUNT_KEY: &str = "test-account-key-0123456789";
+
+/// A running engine.
+pub struct EngineGuard {
+    /// The process.
+    pub child: ChildGuard,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// The account key.
+    pub account_key: String,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// Lines the engine printed on stdout before it was ready.
+    pub stdout: Vec<String>,
+    _tmp: Option<tempfile::TempDir>,
+    http: Client,
+}
+
+/// An endpoint created in a test.
+#[derive(Debug, Clone)]
+pub struct TestEndpoint {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Endpoint api_key.
+    pub api_key: String,
+}
+
+impl EngineGuard {
+    /// An engine on a fresh temporary state directory.
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("state");
+        let mut guard = Self::start_in(
+            &dir,
+            &["--account-key", ACCOUNT_KEY, "--scale-down-delay", "1"],
+        );
+        guard._tmp = Some(tmp);
+        guard
+    }
+
+    /// An engine on `state_dir` with extra arguments (e.g. `--account-key`).
+    pub fn start_in(state_dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = nullworker();
+        cmd.arg("engine")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--state-dir")
+            .arg(state_dir)
+            .args(args)
+            .env_remove("NULLWORKER_ACCOUNT_KEY")
+            .env_remove("NULLWORKER_WORKER_COMMAND")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = ChildGuard::spawn(cmd);
+        let stdout = child
+            .child
+            .as_mut()
+            .expect("child")
+            .stdout
+            .take()
+            .expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut lines = Vec::new();
+        let url = loop {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("engine did not print its address within 60 s");
+            lines.push(line.clone());
+            if let Some(url) = line.strip_prefix("nullworker engine: listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        let account_key = args
+            .windows(2)
+            .find(|w| w[0] == "--account-key")
+            .map(|w| w[1].to_owned())
+            .or_else(|| {
+                lines.iter().find_map(|l| {
+                    l.strip_prefix("nullworker engine: generated account key ")
+                        .and_then(|rest| rest.split_whitespace().next())
+                        .map(str::to_owned)
+                })
+            })
+            .unwrap_or_default();
+        Self {
+            child,
+            url,
+            account_key,
+            state_dir: state_dir.to_owned(),
+            stdout: lines,
+            _tmp: None,
+            http: Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+        }
+    }
+
+    /// Calls the web API with the account key; returns status and JSON body.
+    pub fn api(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.account_key);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().expect("engine request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POSTs JSON without any key header.
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .expect("engine request");
+        let status = resp.status().as_u16();
+        let text = resp.text().expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Creates an endpoint with the seed preset plus `extra` parameters.
+    pub fn create_seed_endpoint(&self, name: &str, extra: Value) -> TestEndpoint {
+        let mut body = json!({
+            "endpoint_name": name,
+            "target_util": 1.0,
+            "min_load": 0,
+            "max_queue_time": 1.0,
+            "target_queue_time": 0.5,
+            "inactivity_timeout": 10,
+            "cold_workers": 0,
+        });
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let (status, v) = self.api(Method::POST, "/api/v0/endptjobs/", Some(body));
+        assert_eq!(status, 200, "create endpoint: {v}");
+        let id = v["result"].as_i64().expect("id");
+        let (status, v) = self.api(Method::GET, &format!("/api/v0/endptjobs/{id}/"), None);
+        assert_eq!(status, 200, "get endpoint: {v}");
+        TestEndpoint {
+            id,
+            name: name.to_owned(),
+            api_key: v["result"]["api_key"].as_str().expect("api_key").to_owned(),
+        }
+    }
+
+    /// One `/route/` call.
+    pub fn route(&self, ep: &TestEndpoint, request_idx: u64, cost: f64) -> Value {
+        let (status, v) = self.post(
+            "/route/",
+            &json!({"endpoint": ep.name, "api_key": ep.api_key, "cost": cost,
+                    "request_idx": request_idx, "replay_timeout": 60.0}),
+        );
+        assert_eq!(status, 200, "route: {v}");
+        v
+    }
+
+    /// Polls `/route/` (every 100 ms) until READY; returns the READY body.
+    pub fn route_until_ready(&self, ep: &TestEndpoint, timeout: Duration) -> Value {
+        self.poll_until_ready(ep, 0, timeout)
+    }
+
+    /// Like [`route_until_ready`](Self::route_until_ready), re-polling the
+    /// request `request_idx` (0 = a new one).
+    pub fn poll_until_ready(
+        &self,
+        ep: &TestEndpoint,
+        request_idx: u64,
+        timeout: Duration,
+    ) -> Value {
+        let mut idx = request_idx;
+        wait_for("a READY answer from /route/", timeout, || {
+            let v = self.route(ep, idx, 100.0);
+            if v.get("url").is_some() {
+                return Some(v);
+            }
+            idx = v["request_idx"].as_u64().expect("request_idx");
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        })
+    }
+
+    /// The endpoint's workers as `/get_endpoint_workers/` lists them.
+    pub fn workers(&self, ep: &TestEndpoint) -> Vec<Value> {
+        let (status, v) = self.post(
+            "/get_endpoint_workers/",
+            &json!({"id": ep.id, "api_key": self.account_key}),
+        );
+        assert_eq!(status, 200, "get_endpoint_workers: {v}");
+        v.as_array().expect("array").clone()
+    }
+
+    /// The engine's worker list with pids (engine extra API).
+    pub fn workers_detail(&self, ep: &TestEndpoint) -> Vec<Value> {
+        let (status, v) = self.api(
+            Method::GET,
+            &format!("/api/v0/endptjobs/{}/workers/", ep.id),
+            None,
+        );
+        assert_eq!(status, 200, "workers: {v}");
+        v["results"].as_array().expect("results").clone()
+    }
+
+    /// `GET /metrics`.
+    pub fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("text")
+    }
+
+    /// Stops the engine with SIGTERM and waits for it (it stops its workers).
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.child.as_ref()?;
+        if matches!(
+            self.child.child.as_mut().map(|c| c.try_wait()),
+            Some(Ok(Some(_)))
+        ) {
+            return self.child.wait_timeout(Duration::from_secs(1));
+        }
+        self.child.signal(libc::SIGTERM);
+        self.child.wait_timeout(Duration::from_secs(30))
+    }
+}
+
+impl Drop for EngineGuard {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Whether a process is alive (signal 0).
+pub fn alive(pid: i64) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks existence.
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}

@@ -1,0 +1,221 @@
+//! Engine counters and the Prometheus text rendering of `GET /metrics`.
+//! Counters are updated where things happen (`api`, `scaler`); gauges
+//! (workers by state, load, queue) are read from the registry at scrape time.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use crate::policy::WorkerState;
+use crate::registry::Registry;
+
+/// Upper bounds (seconds) of the wait-to-ready histogram buckets.
+pub const WAIT_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
+
+/// Kind of a `/route/` answer.
+#[derive(Debug, Clone, Copy)]
+pub enum RouteAnswer {
+    /// A worker was assigned.
+    Ready,
+    /// No worker yet.
+    Waiting,
+    /// 400 (bad body).
+    BadRequest,
+    /// 401 (key or endpoint).
+    Unauthorized,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    counts: [u64; WAIT_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// The engine's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    route: [AtomicU64; 4],
+    reports: AtomicU64,
+    scale_actions: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    worker_exits: Mutex<BTreeMap<&'static str, u64>>,
+    wait_to_ready: Mutex<Histogram>,
+}
+
+impl Metrics {
+    /// Counts one `/route/` answer.
+    pub fn route(&self, answer: RouteAnswer) {
+        self.route[answer as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one accepted `/worker_status/` report.
+    pub fn report(&self) {
+        self.reports.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one scale action.
+    pub fn scale_action(&self, action: &'static str, reason: &'static str) {
+        let mut map = self.scale_actions.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry((action, reason)).or_insert(0) += 1;
+    }
+
+    /// Counts a worker process exit (`expected` or `unexpected`).
+    pub fn worker_exit(&self, kind: &'static str) {
+        let mut map = self.worker_exits.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(kind).or_insert(0) += 1;
+    }
+
+    /// Records the time from a request's first WAITING to its READY.
+    pub fn wait_to_ready(&self, seconds: f64) {
+        let mut h = self.wait_to_ready.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, bound) in WAIT_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    /// Renders every metric in the Prometheus text format (version 0.0.4).
+    pub fn render(&self, registry: &Registry) -> String {
+        let mut out = String::with_capacity(4096);
+        out.push_str("# HELP nullworker_workers Workers by endpoint and state.\n# TYPE nullworker_workers gauge\n");
+        for ep in registry.endpoints.values() {
+            let counts = ep.state_counts();
+            for state in WorkerState::ALL {
+                let n = counts.get(&state).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "nullworker_workers{{endpoint=\"{}\",state=\"{}\"}} {n}",
+                    ep.stored.name,
+                    state.as_str()
+                );
+            }
+        }
+        out.push_str("# HELP nullworker_endpoint_load Sum of the effective load of active workers (perf units).\n# TYPE nullworker_endpoint_load gauge\n");
+        for ep in registry.endpoints.values() {
+            let load: f64 = ep
+                .workers
+                .values()
+                .filter(|w| w.state.is_active())
+                .map(|w| w.reported_load() + ep.requests.pending_cost(w.id))
+                .sum();
+            let _ = writeln!(
+                out,
+                "nullworker_endpoint_load{{endpoint=\"{}\"}} {load}",
+                ep.stored.name
+            );
+        }
+        out.push_str("# HELP nullworker_queued_requests Requests answered WAITING and still polling.\n# TYPE nullworker_queued_requests gauge\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_queued_requests{{endpoint=\"{}\"}} {}",
+                ep.stored.name,
+                ep.requests.waiting_len()
+            );
+        }
+        out.push_str("# HELP nullworker_queued_cost Sum of the cost of waiting requests.\n# TYPE nullworker_queued_cost gauge\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_queued_cost{{endpoint=\"{}\"}} {}",
+                ep.stored.name,
+                ep.requests.waiting_cost()
+            );
+        }
+        out.push_str("# HELP nullworker_route_answers_total /route/ answers by kind.\n# TYPE nullworker_route_answers_total counter\n");
+        for (i, kind) in ["ready", "waiting", "bad_request", "unauthorized"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "nullworker_route_answers_total{{kind=\"{kind}\"}} {}",
+                self.route[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP nullworker_worker_reports_total Accepted /worker_status/ reports.\n# TYPE nullworker_worker_reports_total counter\n");
+        let _ = writeln!(
+            out,
+            "nullworker_worker_reports_total {}",
+            self.reports.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP nullworker_scale_actions_total Autoscaler actions by action and reason.\n# TYPE nullworker_scale_actions_total counter\n");
+        for ((action, reason), n) in self
+            .scale_actions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "nullworker_scale_actions_total{{action=\"{action}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP nullworker_worker_exits_total Worker process exits, expected or not.\n# TYPE nullworker_worker_exits_total counter\n");
+        for (kind, n) in self
+            .worker_exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let _ = writeln!(out, "nullworker_worker_exits_total{{kind=\"{kind}\"}} {n}");
+        }
+        out.push_str("# HELP nullworker_wait_to_ready_seconds Time from a request's first WAITING answer to its READY answer.\n# TYPE nullworker_wait_to_ready_seconds histogram\n");
+        let h = self.wait_to_ready.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, bound) in WAIT_BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "nullworker_wait_to_ready_seconds_bucket{{le=\"{bound}\"}} {}",
+                h.counts[i]
+            );
+        }
+        let _ = writeln!(
+            out,
+            "nullworker_wait_to_ready_seconds_bucket{{le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "nullworker_wait_to_ready_seconds_sum {}", h.sum);
+        let _ = writeln!(out, "nullworker_wait_to_ready_seconds_count {}", h.count);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = Metrics::default();
+        m.wait_to_ready(0.3);
+        m.wait_to_ready(4.0);
+        m.route(RouteAnswer::Waiting);
+        m.scale_action("create", "scale_from_zero");
+        let text = m.render(&Registry::default());
+        assert!(
+            text.contains("nullworker_wait_to_ready_seconds_bucket{le=\"0.5\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nullworker_wait_to_ready_seconds_bucket{le=\"5\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nullworker_wait_to_ready_seconds_count 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("nullworker_route_answers_total{kind=\"waiting\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "nullworker_scale_actions_total{action=\"create\",reason=\"scale_from_zero\"} 1\n"
+        ));
+    }
+}

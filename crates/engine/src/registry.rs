@@ -1,0 +1,515 @@
+//! Live state of every endpoint: its workers (process phase, last report,
+//! derived state, signed URL), its request table, and the routing candidate
+//! list kept up to date in place so that `/route/` scans a ready slice with
+//! no allocation. Nothing here is persisted; after a restart it is rebuilt
+//! from the database (endpoints) and from worker reports.
+//!
+//! The registry holds no locks and does no I/O; the engine wraps it in one
+//! mutex and calls the policy functions on it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use nullworker_protocol::messages::{EndpointWorker, WorkerStatus};
+
+use crate::db::StoredEndpoint;
+use crate::endpoint::EndpointSettings;
+use crate::policy::autoscale::{EndpointSnapshot, WorkerView};
+use crate::policy::requests::RequestTable;
+use crate::policy::routing::RouteCandidate;
+use crate::policy::worker_state::{derive_state, ProcessPhase, ReportFacts, WorkerFacts};
+use crate::policy::{EndpointPolicy, EndpointState, WorkerState};
+use crate::supervisor::Spawned;
+
+/// One worker the engine knows.
+#[derive(Debug)]
+pub struct Worker {
+    /// Worker id (`CONTAINER_ID`).
+    pub id: i64,
+    /// Its `MASTER_TOKEN`; reports must carry it.
+    pub mtoken: String,
+    /// Registered by its reports, not launched by the engine.
+    pub external: bool,
+    /// Public URL once known.
+    pub url: Option<Arc<str>>,
+    /// Signature of `url` (the `auth_data.signature` of every READY to it).
+    pub signature: Option<Arc<str>>,
+    /// Process phase.
+    pub process: ProcessPhase,
+    /// Re-spawned after a stop.
+    pub restarted: bool,
+    /// When the current process was spawned.
+    pub spawned_at: Option<f64>,
+    /// Handles of the current processes.
+    pub spawned: Option<Spawned>,
+    /// Facts of the last report.
+    pub last_report: Option<ReportFacts>,
+    /// The last report itself.
+    pub report: Option<WorkerStatus>,
+    /// When the engine decided to create it (or first heard of it).
+    pub created_at: f64,
+    /// When it was first seen loaded.
+    pub loaded_at: Option<f64>,
+    /// Since when it has been IDLE and carrying nothing.
+    pub idle_since: Option<f64>,
+    /// When it was stopped.
+    pub stopped_at: Option<f64>,
+    /// Derived state (refreshed on every event and tick).
+    pub state: WorkerState,
+    /// Why it is in ERROR.
+    pub error: Option<String>,
+}
+
+impl Worker {
+    /// A worker the engine is about to launch.
+    pub fn launched(id: i64, mtoken: String, now: f64) -> Self {
+        Self {
+            id,
+            mtoken,
+            external: false,
+            url: None,
+            signature: None,
+            process: ProcessPhase::NotSpawned,
+            restarted: false,
+            spawned_at: None,
+            spawned: None,
+            last_report: None,
+            report: None,
+            created_at: now,
+            loaded_at: None,
+            idle_since: None,
+            stopped_at: None,
+            state: WorkerState::Creating,
+            error: None,
+        }
+    }
+
+    /// Last reported `cur_load`.
+    pub fn reported_load(&self) -> f64 {
+        self.report
+            .as_ref()
+            .map_or(0.0, |r| finite_or_zero(r.cur_load))
+    }
+
+    /// Last reported `max_perf`.
+    pub fn max_perf(&self) -> f64 {
+        self.report
+            .as_ref()
+            .map_or(0.0, |r| finite_or_zero(r.max_perf))
+    }
+
+    fn facts(&self) -> WorkerFacts {
+        WorkerFacts {
+            process: self.process,
+            restarted: self.restarted,
+            spawned_at: self.spawned_at,
+            last_report: self.last_report.clone(),
+        }
+    }
+
+    /// The `/get_endpoint_workers/` view.
+    pub fn wire_view(&self, pending_cost: f64) -> EndpointWorker {
+        let r = self.report.as_ref();
+        EndpointWorker {
+            id: self.id,
+            status: self.state.as_str().to_owned(),
+            cur_load: self.reported_load() + pending_cost,
+            new_load: r.map_or(0.0, |r| r.new_load),
+            cur_load_rolling_avg: self.reported_load(),
+            cur_perf: r.map_or(0.0, |r| r.cur_perf),
+            perf: self.max_perf(),
+            measured_perf: self.max_perf(),
+            dlperf: 0.0,
+            reliability: 1.0,
+            reqs_working: r.map_or(0, |r| r.num_requests_working),
+            disk_usage: r.and_then(|r| r.disk_usage).unwrap_or(0.0),
+            loaded_at: self.loaded_at.unwrap_or(0.0),
+            started_at: self.spawned_at.unwrap_or(self.created_at),
+            url: self.url.as_deref().unwrap_or_default().to_owned(),
+            created_at: self.created_at,
+        }
+    }
+}
+
+fn finite_or_zero(v: f64) -> f64 {
+    if v.is_finite() && v > 0.0 {
+        v
+    } else {
+        0.0
+    }
+}
+
+/// A state change worth logging and recording.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// Worker id.
+    pub worker: i64,
+    /// Previous state.
+    pub from: WorkerState,
+    /// New state.
+    pub to: WorkerState,
+    /// Reason when `to` is ERROR.
+    pub reason: Option<String>,
+}
+
+/// One endpoint's live state.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// What the database holds.
+    pub stored: StoredEndpoint,
+    /// Policy parameters derived from the settings.
+    pub policy: EndpointPolicy,
+    /// Workers by id.
+    pub workers: BTreeMap<i64, Worker>,
+    /// The `/route/` request table.
+    pub requests: RequestTable,
+    /// Routable workers (IDLE, signed URL), kept in place.
+    pub candidates: Vec<RouteCandidate>,
+    candidate_pos: HashMap<i64, usize>,
+    /// Last activity for `inactivity_timeout`.
+    pub last_activity: f64,
+    /// The last `max_perf` seen.
+    pub last_perf: Option<f64>,
+}
+
+/// The policy parameters of an endpoint's settings.
+pub fn policy_of(
+    settings: &EndpointSettings,
+    stale_after: f64,
+    scale_down_delay: f64,
+) -> EndpointPolicy {
+    EndpointPolicy {
+        max_workers: settings.max_workers,
+        cold_workers: settings.cold_workers,
+        min_load: settings.min_load,
+        min_cold_load: settings.min_cold_load,
+        target_util: settings.target_util,
+        cold_mult: settings.cold_mult,
+        max_queue_time: settings.max_queue_time,
+        target_queue_time: settings.target_queue_time,
+        inactivity_timeout: settings.inactivity_timeout,
+        state: match settings.endpoint_state {
+            nullworker_protocol::messages::EndpointState::Active => EndpointState::Active,
+            nullworker_protocol::messages::EndpointState::Suspended => EndpointState::Suspended,
+            nullworker_protocol::messages::EndpointState::Stopped => EndpointState::Stopped,
+        },
+        scale_down_delay,
+        stale_after,
+    }
+}
+
+impl Endpoint {
+    /// A live endpoint with no worker; request indexes start at `first_idx`.
+    pub fn new(stored: StoredEndpoint, policy: EndpointPolicy, first_idx: u64, now: f64) -> Self {
+        Self {
+            stored,
+            policy,
+            workers: BTreeMap::new(),
+            requests: RequestTable::starting_at(first_idx),
+            candidates: Vec::new(),
+            candidate_pos: HashMap::new(),
+            last_activity: now,
+            last_perf: None,
+        }
+    }
+
+    fn carrying(&self, w: &Worker) -> bool {
+        w.reported_load() > 0.0
+            || self.requests.has_outstanding(w.id)
+            || w.report
+                .as_ref()
+                .is_some_and(|r| !r.working_request_idxs.is_empty())
+    }
+
+    /// Re-derives one worker's state and updates its candidate entry.
+    pub fn refresh(&mut self, id: i64, now: f64) -> Option<Transition> {
+        let stale_after = self.policy.stale_after;
+        let carrying = {
+            let w = self.workers.get(&id)?;
+            self.carrying(w)
+        };
+        let w = self.workers.get_mut(&id)?;
+        let (state, reason) = derive_state(&w.facts(), now, stale_after);
+        let from = w.state;
+        w.state = state;
+        if state == WorkerState::Idle {
+            if w.loaded_at.is_none() {
+                w.loaded_at = Some(now);
+            }
+            if carrying {
+                w.idle_since = None;
+            } else if w.idle_since.is_none() {
+                w.idle_since = Some(now);
+            }
+        } else {
+            w.idle_since = None;
+        }
+        let transition = if from != state
+            || (state == WorkerState::Error && w.error != reason && reason.is_some())
+        {
+            if state == WorkerState::Error {
+                w.error = reason.clone();
+            }
+            Some(Transition {
+                worker: id,
+                from,
+                to: state,
+                reason,
+            })
+        } else {
+            None
+        };
+        let perf = w.max_perf();
+        if perf > 0.0 {
+            self.last_perf = Some(perf);
+        }
+        self.sync_candidate(id);
+        transition
+    }
+
+    /// Re-derives every worker (staleness depends on time).
+    pub fn refresh_all(&mut self, now: f64) -> Vec<Transition> {
+        let ids: Vec<i64> = self.workers.keys().copied().collect();
+        ids.into_iter()
+            .filter_map(|id| self.refresh(id, now))
+            .collect()
+    }
+
+    /// Takes the request table's changed workers into the candidate list.
+    pub fn apply_request_changes(&mut self) {
+        for id in self.requests.drain_changed() {
+            self.sync_candidate(id);
+        }
+    }
+
+    /// Puts the worker in, or takes it out of, the candidate list.
+    pub fn sync_candidate(&mut self, id: i64) {
+        let entry = self.workers.get(&id).and_then(|w| {
+            let routable = w.state == WorkerState::Idle
+                && w.process == ProcessPhase::Running
+                && w.url.is_some()
+                && w.signature.is_some();
+            routable.then(|| RouteCandidate {
+                id,
+                state: w.state,
+                reported_load: w.reported_load(),
+                pending_cost: self.requests.pending_cost(id),
+                max_perf: w.max_perf(),
+            })
+        });
+        match (entry, self.candidate_pos.get(&id).copied()) {
+            (Some(c), Some(pos)) => self.candidates[pos] = c,
+            (Some(c), None) => {
+                self.candidate_pos.insert(id, self.candidates.len());
+                self.candidates.push(c);
+            }
+            (None, Some(pos)) => {
+                self.candidates.swap_remove(pos);
+                self.candidate_pos.remove(&id);
+                if let Some(moved) = self.candidates.get(pos) {
+                    self.candidate_pos.insert(moved.id, pos);
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// Stops routing to a worker at once (it is being stopped or has died).
+    pub fn unroute(&mut self, id: i64) {
+        if let Some(pos) = self.candidate_pos.remove(&id) {
+            self.candidates.swap_remove(pos);
+            if let Some(moved) = self.candidates.get(pos) {
+                self.candidate_pos.insert(moved.id, pos);
+            }
+        }
+    }
+
+    /// The autoscaler's view of this endpoint.
+    pub fn snapshot(&self, now: f64) -> EndpointSnapshot {
+        let workers = self
+            .workers
+            .values()
+            .map(|w| WorkerView {
+                id: w.id,
+                state: w.state,
+                load: w.reported_load() + self.requests.pending_cost(w.id),
+                carrying: self.carrying(w),
+                idle_since: w.idle_since,
+                loaded_at: w.loaded_at,
+                stopped_at: w.stopped_at,
+                created_at: w.created_at,
+                max_perf: (w.max_perf() > 0.0).then(|| w.max_perf()),
+                external: w.external,
+            })
+            .collect();
+        EndpointSnapshot {
+            now,
+            policy: self.policy.clone(),
+            workers,
+            waiting: self.requests.waiting().collect(),
+            last_activity: self.last_activity,
+            last_perf: self.last_perf,
+        }
+    }
+
+    /// The `/get_endpoint_workers/` array.
+    pub fn wire_workers(&self) -> Vec<EndpointWorker> {
+        self.workers
+            .values()
+            .map(|w| w.wire_view(self.requests.pending_cost(w.id)))
+            .collect()
+    }
+
+    /// Workers per state.
+    pub fn state_counts(&self) -> BTreeMap<WorkerState, usize> {
+        let mut counts = BTreeMap::new();
+        for w in self.workers.values() {
+            *counts.entry(w.state).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// Every live endpoint, with name and worker indexes.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Endpoints by id.
+    pub endpoints: BTreeMap<i64, Endpoint>,
+    /// Endpoint id by name.
+    pub names: HashMap<String, i64>,
+    /// Endpoint id by worker id.
+    pub worker_endpoint: HashMap<i64, i64>,
+}
+
+impl Registry {
+    /// Adds (or replaces) an endpoint.
+    pub fn insert(&mut self, endpoint: Endpoint) {
+        self.names
+            .insert(endpoint.stored.name.clone(), endpoint.stored.id);
+        self.endpoints.insert(endpoint.stored.id, endpoint);
+    }
+
+    /// An endpoint by name.
+    pub fn by_name_mut(&mut self, name: &str) -> Option<&mut Endpoint> {
+        let id = *self.names.get(name)?;
+        self.endpoints.get_mut(&id)
+    }
+
+    /// The endpoint owning a worker, and the worker.
+    pub fn worker_mut(&mut self, worker_id: i64) -> Option<(&mut Endpoint, i64)> {
+        let ep = *self.worker_endpoint.get(&worker_id)?;
+        let endpoint = self.endpoints.get_mut(&ep)?;
+        endpoint
+            .workers
+            .contains_key(&worker_id)
+            .then_some((endpoint, worker_id))
+    }
+
+    /// Adds a worker to an endpoint.
+    pub fn add_worker(&mut self, endpoint_id: i64, worker: Worker) {
+        if let Some(ep) = self.endpoints.get_mut(&endpoint_id) {
+            self.worker_endpoint.insert(worker.id, endpoint_id);
+            ep.workers.insert(worker.id, worker);
+        }
+    }
+
+    /// Forgets a worker entirely.
+    pub fn remove_worker(&mut self, worker_id: i64) -> Option<Worker> {
+        let ep = self.worker_endpoint.remove(&worker_id)?;
+        let endpoint = self.endpoints.get_mut(&ep)?;
+        endpoint.unroute(worker_id);
+        endpoint.requests.forget_worker(worker_id);
+        endpoint.apply_request_changes();
+        endpoint.workers.remove(&worker_id)
+    }
+
+    /// Removes an endpoint and returns it (its workers must then be stopped).
+    pub fn remove_endpoint(&mut self, id: i64) -> Option<Endpoint> {
+        let ep = self.endpoints.remove(&id)?;
+        self.names.remove(&ep.stored.name);
+        for wid in ep.workers.keys() {
+            self.worker_endpoint.remove(wid);
+        }
+        Some(ep)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::WorkerTemplate;
+
+    fn endpoint() -> Endpoint {
+        let stored = StoredEndpoint {
+            id: 1,
+            name: "e".into(),
+            api_key: "k".into(),
+            settings: EndpointSettings::default(),
+            created_at: 0.0,
+            workergroup_id: 1,
+            template: WorkerTemplate::default(),
+        };
+        Endpoint::new(stored, EndpointPolicy::seed(), 1, 0.0)
+    }
+
+    fn ready_worker(id: i64, now: f64) -> Worker {
+        let mut w = Worker::launched(id, "t".into(), now);
+        w.process = ProcessPhase::Running;
+        w.spawned_at = Some(now);
+        w.url = Some(format!("http://127.0.0.1:{id}").into());
+        w.signature = Some("sig".into());
+        w.last_report = Some(ReportFacts {
+            at: now,
+            max_perf: 100.0,
+            loadtime: 0.1,
+            error_msg: String::new(),
+            version: "1.1.0".into(),
+        });
+        w.report = Some(WorkerStatus {
+            id,
+            mtoken: "t".into(),
+            version: "1.1.0".into(),
+            loadtime: 0.1,
+            cur_load: 0.0,
+            rej_load: 0.0,
+            new_load: 0.0,
+            error_msg: String::new(),
+            max_perf: 100.0,
+            cur_perf: 0.0,
+            cur_capacity: 0.0,
+            max_capacity: 0.0,
+            num_requests_working: 0,
+            num_requests_recieved: 0,
+            additional_disk_usage: 0.0,
+            disk_usage: None,
+            working_request_idxs: vec![],
+            url: String::new(),
+        });
+        w
+    }
+
+    #[test]
+    fn candidates_follow_state_and_pending_cost() {
+        let mut ep = endpoint();
+        for id in [1, 2, 3] {
+            ep.workers.insert(id, ready_worker(id, 1.0));
+            ep.refresh(id, 1.0);
+        }
+        assert_eq!(ep.candidates.len(), 3);
+        let idx = ep.requests.route(0, 100.0, 60.0, 1.0);
+        ep.requests.assign(idx, 2, 100.0, 1.0);
+        ep.apply_request_changes();
+        let c2 = ep.candidates.iter().find(|c| c.id == 2).unwrap();
+        assert_eq!(c2.pending_cost, 100.0);
+        ep.unroute(1);
+        assert_eq!(ep.candidates.len(), 2);
+        assert!(ep.candidates.iter().all(|c| c.id != 1));
+        // Stale reports make a worker ERROR and unroutable.
+        let t = ep.refresh(3, 1000.0).unwrap();
+        assert_eq!(t.to, WorkerState::Error);
+        assert!(ep.candidates.iter().all(|c| c.id != 3));
+        for (pos, c) in ep.candidates.iter().enumerate() {
+            assert_eq!(ep.candidate_pos[&c.id], pos);
+        }
+    }
+}
