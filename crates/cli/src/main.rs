@@ -46,10 +46,14 @@ fn main() -> ExitCode {
     };
     nullworker::logging::init(default_level);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // The worker serves one consumer's reservations next to a GPU job: a
+    // single-threaded runtime keeps it to a few MiB and avoids cross-thread
+    // wake-ups on its request path. Everything else uses every core.
+    let mut builder = match &cli.command {
+        Command::Serve(_) | Command::Release(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => return nullworker::report_error(&anyhow::Error::new(err)),
     };

@@ -1,0 +1,79 @@
+//! The consumer health check (PROTOCOL.md §8.3): GET `BACKEND_HEALTH_URL`
+//! at once and then every interval. The first success makes the worker ready
+//! (with the key, see [`crate::app`]); before it failures are only logged,
+//! after it any failure records a sticky `error_msg` (Q12). With no
+//! `BACKEND_HEALTH_URL` the target is the control server's own stub, which is
+//! healthy for as long as the worker runs, so no request is made.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::config::HealthTarget;
+
+/// HTTP timeout of one check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long startup waits for the first success (§8.3).
+pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
+
+/// One check: `Ok` on HTTP 200, else the error text the reference records.
+pub async fn check_once(client: &reqwest::Client, url: &url::Url) -> Result<(), String> {
+    match client.get(url.clone()).timeout(CHECK_TIMEOUT).send().await {
+        Ok(resp) if resp.status() == http::StatusCode::OK => Ok(()),
+        Ok(resp) => Err(format!(
+            "Healthcheck failed with status: {}",
+            resp.status().as_u16()
+        )),
+        Err(err) => Err(format!("Healthcheck failed: {err}")),
+    }
+}
+
+/// Runs until shutdown.
+pub async fn health_loop(app: Arc<App>) {
+    let url = match &app.config.health {
+        HealthTarget::Stub => {
+            app.health_succeeded_once();
+            return;
+        }
+        HealthTarget::Url(url) => url.clone(),
+    };
+    let started = tokio::time::Instant::now();
+    let mut healthy_once = false;
+    let mut startup_failed = false;
+    let mut last_failure: Option<String> = None;
+    loop {
+        let outcome = check_once(app.http.for_url(url.as_str()), &url).await;
+        match outcome {
+            Ok(()) => {
+                if !healthy_once {
+                    healthy_once = true;
+                    tracing::info!(%url, "consumer health check passed");
+                    app.health_succeeded_once();
+                } else if last_failure.take().is_some() {
+                    tracing::info!(%url, "consumer health check passes again (the error stays reported)");
+                }
+            }
+            Err(message) if healthy_once => {
+                if last_failure.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(%url, %message, "consumer health check failed");
+                }
+                app.record_error(&message);
+                last_failure = Some(message);
+            }
+            Err(message) => {
+                tracing::debug!(%url, %message, "consumer not healthy yet");
+                if !startup_failed && started.elapsed() >= STARTUP_WAIT {
+                    startup_failed = true;
+                    app.record_error(&format!(
+                        "Lifecycle startup failed: Timed out waiting for healthcheck after lifecycle ready ({}s)",
+                        STARTUP_WAIT.as_secs()
+                    ));
+                }
+            }
+        }
+        tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            () = tokio::time::sleep(app.config.health_interval) => {}
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Serving a router on a bound listener, over plain TCP or TLS (rustls with
+//! ring): one HTTP/1.1 connection task per client, a header-read timeout
+//! against slow clients, graceful drain on shutdown, and a per-connection
+//! [`ConnCutter`] so a handler can drop its client's connection without an
+//! answer (how a closing session cuts its in-flight requests, §9.4).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Time a client has to send its request headers (and finish a TLS handshake).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time open connections get to finish after shutdown starts.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Drops the connection that carried the current request, without a response.
+#[derive(Debug, Clone)]
+pub struct ConnCutter(CancellationToken);
+
+impl ConnCutter {
+    /// Closes the connection as soon as the handler returns.
+    pub fn cut(&self) {
+        self.0.cancel();
+    }
+}
+
+/// Accepts connections until `shutdown`, then lets open ones drain.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(err) => {
+                // Out of file descriptors and the like: back off briefly.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        match &acceptor {
+            None => {
+                tracker.spawn(serve_connection(stream, router, shutdown));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tracker.spawn(async move {
+                    match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, router, shutdown).await,
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn serve_connection<S>(stream: S, router: Router, shutdown: CancellationToken)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cut = CancellationToken::new();
+    let cutter = ConnCutter(cut.clone());
+    let service =
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(cutter.clone());
+            router.clone().oneshot(req.map(axum::body::Body::new))
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        biased;
+        () = cut.cancelled() => {}
+        result = conn.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        }
+        () = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                () = cut.cancelled() => {}
+                _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Talking to the engine: the public-key fetch (PROTOCOL.md §6.4, trying each
+//! `REPORT_ADDR` entry, Q5 hardened), `/worker_status/` reports (§10.1 cadence
+//! plus immediate reports on readiness, errors and session changes, Q8
+//! hardened), `/delete_requests/` batches (§10.3), the last report at
+//! shutdown and the launch-failure beacon (§8.5).
+//!
+//! Report contents come from [`crate::metrics`]; this module only decides
+//! when to send and delivers with the reference's retry and failover policy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nullworker_protocol::{self as protocol, paths, DeleteRequests, VerifyingKey, WorkerStatus};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{App, HttpClients};
+use crate::config::BeaconTarget;
+
+/// Report loop tick (§10.1).
+const TICK: Duration = Duration::from_secs(1);
+/// Heartbeat threshold (§10.1): a loaded worker sends when more than this passed.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+/// Attempts per address, HTTP timeout and the sleep after a failed attempt (§10.2).
+const ATTEMPTS: u32 = 3;
+const TIMEOUT: Duration = Duration::from_secs(10);
+const RETRY_SLEEP: Duration = Duration::from_secs(2);
+/// Smallest spacing between two immediate reports: bursts of session events
+/// are coalesced into one report instead of one per event.
+const MIN_GAP: Duration = Duration::from_millis(20);
+/// Largest `/delete_requests/` batch.
+const MAX_DELETE_BATCH: usize = 2_000;
+/// Public key fetch: attempts and the sleeps between them (§6.4).
+const PUBKEY_BACKOFF: [u64; 4] = [1, 2, 4, 8];
+/// Error recorded when the key cannot be fetched (§6.4).
+pub const PUBKEY_ERROR: &str = "Failed to get Serverless public key after all retry attempts";
+/// Per-attempt timeout of the last report at shutdown and of the beacon.
+const FINAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How hard to try delivering one body.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    attempts: u32,
+    timeout: Duration,
+    retry_sleep: Duration,
+}
+
+const NORMAL: Policy = Policy {
+    attempts: ATTEMPTS,
+    timeout: TIMEOUT,
+    retry_sleep: RETRY_SLEEP,
+};
+const FINAL: Policy = Policy {
+    attempts: 1,
+    timeout: FINAL_TIMEOUT,
+    retry_sleep: Duration::ZERO,
+};
+
+/// Used GiB of the root file system, if it can be read.
+pub fn disk_used_gib() -> Option<f64> {
+    let path = c"/";
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: statvfs writes into `stat`, which lives for the call; the path is NUL-terminated.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: rc == 0 means the structure was filled in.
+    let stat = unsafe { stat.assume_init() };
+    let used_blocks = (stat.f_blocks as f64) - (stat.f_bfree as f64);
+    Some(used_blocks * stat.f_frsize as f64 / f64::from(1u32 << 30))
+}
+
+/// POSTs `body` to `path` on each address in order with `policy`; `true` on the first 2xx.
+async fn deliver(
+    clients: &HttpClients,
+    addrs: &[String],
+    path: &str,
+    body: &[u8],
+    policy: Policy,
+    cancel: &CancellationToken,
+) -> bool {
+    for addr in addrs {
+        let url = protocol::join_engine_path(addr, path);
+        let client = clients.for_url(&url);
+        for attempt in 1..=policy.attempts {
+            let outcome = client
+                .post(&url)
+                .timeout(policy.timeout)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec())
+                .send()
+                .await;
+            match outcome {
+                Ok(resp) if resp.status().is_success() => return true,
+                Ok(resp) => {
+                    tracing::warn!(%url, attempt, status = resp.status().as_u16(), "engine refused a report");
+                }
+                Err(err) => tracing::warn!(%url, attempt, error = %err, "report delivery failed"),
+            }
+            if !policy.retry_sleep.is_zero() {
+                tokio::select! {
+                    () = cancel.cancelled() => return false,
+                    () = tokio::time::sleep(policy.retry_sleep) => {}
+                }
+            }
+        }
+    }
+    false
+}
+
+/// Sends `/worker_status/` on the §10.1 cadence and at once on urgent events.
+pub async fn status_loop(app: Arc<App>) {
+    let mut baseline = disk_used_gib().unwrap_or(0.0);
+    let mut last_success: Option<Instant> = None;
+    let mut last_send: Option<Instant> = None;
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let urgent = tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => return,
+            () = app.report_now.notified() => true,
+            _ = tick.tick() => false,
+        };
+        let elapsed = last_success.map(|t| t.elapsed());
+        let due = match elapsed {
+            None => true,
+            Some(elapsed) if !app.metrics.loaded() => elapsed >= HEARTBEAT,
+            Some(elapsed) => app.metrics.update_pending() || elapsed > HEARTBEAT,
+        };
+        if !(urgent || due) {
+            continue;
+        }
+        if let Some(last) = last_send {
+            let ready_at = last + MIN_GAP;
+            if Instant::now() < ready_at {
+                tokio::select! {
+                    () = app.shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(ready_at) => {}
+                }
+            }
+        }
+        last_send = Some(Instant::now());
+        app.report_taken();
+        if send_status(&app, &mut baseline, NORMAL, &app.shutdown).await {
+            last_success = Some(Instant::now());
+        }
+    }
+}
+
+/// Builds and delivers one `/worker_status/`; commits the counters on success.
+async fn send_status(
+    app: &App,
+    baseline: &mut f64,
+    policy: Policy,
+    cancel: &CancellationToken,
+) -> bool {
+    let snapshot = app.metrics.snapshot();
+    let mut status = snapshot.status;
+    let disk = disk_used_gib();
+    fill_identity(app, &mut status);
+    if let Some(used) = disk {
+        status.disk_usage = Some(used);
+        status.additional_disk_usage = used - *baseline;
+    }
+    let body = serde_json::to_vec(&status).expect("a worker status always serialises");
+    let delivered = deliver(
+        &app.http,
+        &app.config.report_addrs,
+        paths::WORKER_STATUS,
+        &body,
+        policy,
+        cancel,
+    )
+    .await;
+    if delivered {
+        app.metrics.commit(snapshot.sent);
+        if let Some(used) = disk {
+            *baseline = used;
+        }
+        tracing::debug!(cur_load = status.cur_load, error_msg = %status.error_msg, "worker status reported");
+    }
+    delivered
+}
+
+fn fill_identity(app: &App, status: &mut WorkerStatus) {
+    status.id = app.config.container_id;
+    status.mtoken = app.config.master_token.clone();
+    status.url = app.config.worker_url.clone();
+}
+
+/// Sends queued `/delete_requests/` every second and soon after session closes.
+pub async fn deletes_loop(app: Arc<App>) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_send: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = app.shutdown.cancelled() => return,
+            () = app.deletes_now.notified() => {}
+            () = app.metrics.deletes_ready.notified() => {}
+            _ = tick.tick() => {}
+        }
+        if app.metrics.pending_deletes() == 0 {
+            continue;
+        }
+        if let Some(last) = last_send {
+            let ready_at = last + MIN_GAP;
+            if Instant::now() < ready_at {
+                tokio::select! {
+                    () = app.shutdown.cancelled() => return,
+                    () = tokio::time::sleep_until(ready_at) => {}
+                }
+            }
+        }
+        last_send = Some(Instant::now());
+        send_deletes(&app, NORMAL, &app.shutdown).await;
+    }
+}
+
+/// Delivers the queued delete records in batches; stops at the first failure.
+async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> bool {
+    let addrs: Vec<String> = app
+        .config
+        .report_addrs
+        .iter()
+        .filter(|a| a.as_str() != protocol::DELETE_REQUESTS_SKIPPED_ADDR.trim_end_matches('/'))
+        .cloned()
+        .collect();
+    loop {
+        let batch = app.metrics.peek_deletes(MAX_DELETE_BATCH);
+        if batch.is_empty() {
+            return true;
+        }
+        let n = batch.len();
+        let body = DeleteRequests {
+            worker_id: app.config.container_id,
+            mtoken: app.config.master_token.clone(),
+            requests: batch,
+        };
+        let body = serde_json::to_vec(&body).expect("delete requests always serialise");
+        if !deliver(
+            &app.http,
+            &addrs,
+            paths::DELETE_REQUESTS,
+            &body,
+            policy,
+            cancel,
+        )
+        .await
+        {
+            return false;
+        }
+        app.metrics.drop_deletes(n);
+    }
+}
+
+/// The last report at shutdown: pending deletes, then the status, one quick attempt per address.
+pub async fn final_report(app: &App) {
+    let never = CancellationToken::new();
+    send_deletes(app, FINAL, &never).await;
+    let mut baseline = disk_used_gib().unwrap_or(0.0);
+    if send_status(app, &mut baseline, FINAL, &never).await {
+        tracing::info!("last report sent");
+    } else {
+        tracing::warn!("last report could not be delivered");
+    }
+}
+
+/// Fetches the engine's public key (§6.4): five rounds over every address,
+/// sleeping 1, 2, 4, 8 s between rounds. Records an error on failure unless
+/// `UNSECURED` (Q7 hardened).
+pub async fn fetch_pubkey(app: Arc<App>) {
+    for round in 0..=PUBKEY_BACKOFF.len() {
+        for addr in &app.config.report_addrs {
+            let url = protocol::join_engine_path(addr, paths::PUBKEY);
+            match fetch_key_once(app.http.for_url(&url), &url).await {
+                Ok(key) => {
+                    app.key_loaded(key);
+                    return;
+                }
+                Err(reason) => {
+                    tracing::warn!(%url, attempt = round + 1, %reason, "public key fetch failed")
+                }
+            }
+        }
+        if let Some(secs) = PUBKEY_BACKOFF.get(round) {
+            tokio::select! {
+                () = app.shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(*secs)) => {}
+            }
+        }
+    }
+    if app.config.unsecured {
+        tracing::warn!("{PUBKEY_ERROR} (ignored: UNSECURED is set)");
+    } else {
+        app.record_error(PUBKEY_ERROR);
+    }
+}
+
+async fn fetch_key_once(client: &reqwest::Client, url: &str) -> Result<VerifyingKey, String> {
+    let resp = client
+        .get(url)
+        .timeout(TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("status {}", status.as_u16()));
+    }
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    VerifyingKey::from_pem(&text).map_err(|e| e.to_string())
+}
+
+/// Sends one launch-failure report (§8.5): `error_msg` "Worker Server failed
+/// to launch: <reason>", `max_perf` 0, one quick attempt per address.
+pub async fn send_beacon(target: &BeaconTarget, reason: &str) -> bool {
+    let status = WorkerStatus {
+        id: target.container_id,
+        mtoken: target.master_token.clone(),
+        version: protocol::FRAMEWORK_VERSION.to_owned(),
+        loadtime: 0.0,
+        cur_load: 0.0,
+        rej_load: 0.0,
+        new_load: 0.0,
+        error_msg: format!("Worker Server failed to launch: {reason}"),
+        max_perf: 0.0,
+        cur_perf: 0.0,
+        cur_capacity: 0.0,
+        max_capacity: 0.0,
+        num_requests_working: 0,
+        num_requests_recieved: 0,
+        additional_disk_usage: 0.0,
+        disk_usage: disk_used_gib(),
+        working_request_idxs: Vec::new(),
+        url: target.worker_url.clone(),
+    };
+    let body = serde_json::to_vec(&status).expect("a worker status always serialises");
+    let client = HttpClients::new();
+    deliver(
+        &client,
+        &target.report_addrs,
+        paths::WORKER_STATUS,
+        &body,
+        FINAL,
+        &CancellationToken::new(),
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_usage_is_readable() {
+        let used = disk_used_gib().expect("statvfs on /");
+        assert!(used >= 0.0);
+    }
+}
