@@ -1,6 +1,7 @@
 //! The running worker's shared state ([`App`]) and the procedures that touch
 //! several parts of it: opening and closing sessions (PROTOCOL.md §9.4, with
-//! the on-close callback of §9.5 and one expiry timer per session),
+//! the on-close callback of §9.5 and the expiry task that closes each session
+//! at its deadline),
 //! signature verification with a small cache of verified pairs, readiness,
 //! and recording errors.
 //!
@@ -404,14 +405,20 @@ impl App {
         reason: CloseReason,
         callback_budget: Duration,
     ) {
+        self.account_close(session, reason);
+        if let Some(route) = &session.spec.on_close_route {
+            self.run_callback(session, route, callback_budget).await;
+        }
+    }
+
+    /// Accounts a session that left the table as completed work, asks for a
+    /// report and logs it.
+    fn account_close(&self, session: &Session, reason: CloseReason) {
         if let Some(key) = session.track.get() {
             self.metrics.session_closed(*key, self.clock.now_epoch());
         }
         self.report_soon();
         tracing::info!(session_id = %session.id, reason = reason.as_str(), "session closed");
-        if let Some(route) = &session.spec.on_close_route {
-            self.run_callback(session, route, callback_budget).await;
-        }
     }
 
     async fn run_callback(&self, session: &Session, route: &str, budget: Duration) {
@@ -441,18 +448,29 @@ impl App {
         }
     }
 
-    /// Closes every open session, oldest first; returns the ids closed.
+    /// Closes every open session (`/release`, shutdown); returns the ids
+    /// closed, oldest first.
+    ///
+    /// Every session is taken out of the table and accounted before any
+    /// on-close callback runs, and the callbacks then run concurrently: a
+    /// slow callback neither keeps a later session open nor makes shutdown
+    /// give up with sessions still counted in `cur_load`.
     pub async fn close_all(&self, reason: CloseReason, callback_budget: Duration) -> Vec<String> {
-        let mut closed = Vec::new();
-        for session in self.sessions.all() {
-            if self
-                .close_session_within(&session, reason, callback_budget)
-                .await
-            {
-                closed.push(session.id.clone());
-            }
+        let closed: Vec<Arc<Session>> = self
+            .sessions
+            .all()
+            .into_iter()
+            .filter(|session| self.sessions.remove(session))
+            .collect();
+        for session in &closed {
+            self.account_close(session, reason);
         }
-        closed
+        futures_util::future::join_all(closed.iter().filter_map(|session| {
+            let route = session.spec.on_close_route.as_deref()?;
+            Some(self.run_callback(session, route, callback_budget))
+        }))
+        .await;
+        closed.iter().map(|session| session.id.clone()).collect()
     }
 }
 
@@ -558,6 +576,63 @@ mod tests {
         assert!(!later.closed().is_cancelled());
         assert!(app.close_session(&later, CloseReason::ClientEnd).await);
         assert!(!app.close_session(&later, CloseReason::ClientEnd).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_all_accounts_every_session_before_slow_callbacks() {
+        // A callback target that accepts connections and never answers.
+        let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let route = format!("http://{}/closed", hanging.local_addr().unwrap());
+        let _accepted = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = hanging.accept().await {
+                held.push(conn);
+            }
+        });
+        let app = test_app();
+        let mut ids = Vec::new();
+        for idx in 1..=3 {
+            let mut spec = spec(idx, 600.0);
+            spec.on_close_route = Some(route.clone());
+            ids.push(app.open_session(spec).unwrap().id.clone());
+        }
+        let budget = Duration::from_secs(1);
+        // The callbacks run side by side: three hanging callbacks take one
+        // budget, not three (on tokio's paused clock, so this is exact).
+        let closed = tokio::time::timeout(
+            budget + Duration::from_millis(500),
+            app.close_all(CloseReason::Shutdown, budget),
+        )
+        .await
+        .expect("close_all ran the callbacks concurrently");
+        assert_eq!(closed, ids, "oldest first");
+        assert!(app.sessions.is_empty());
+        let status = app.metrics.snapshot().status;
+        assert_eq!((status.cur_load, status.cur_perf), (0.0, 300.0));
+        assert_eq!(app.metrics.pending_deletes(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_all_leaves_nothing_open_even_when_cut_short() {
+        let hanging = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let route = format!("http://{}/closed", hanging.local_addr().unwrap());
+        let app = test_app();
+        for idx in 1..=2 {
+            let mut spec = spec(idx, 600.0);
+            spec.on_close_route = Some(route.clone());
+            app.open_session(spec).unwrap();
+        }
+        // Shutdown gives up on the callbacks early: the sessions are closed
+        // and accounted all the same.
+        let cut = tokio::time::timeout(
+            Duration::from_millis(10),
+            app.close_all(CloseReason::Shutdown, Duration::from_secs(3)),
+        )
+        .await;
+        assert!(cut.is_err(), "the callbacks were still running");
+        assert!(app.sessions.is_empty());
+        assert_eq!(app.metrics.snapshot().status.cur_load, 0.0);
+        drop(hanging);
     }
 
     #[test]

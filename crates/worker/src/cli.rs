@@ -21,6 +21,9 @@ pub const EXIT_CONFIG: u8 = 2;
 
 /// Options of `nullworker release`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Prints the control server's JSON answer, e.g. {\"released\": true, \"session_ids\": [...]}.\nExit 0 when it answered 200 (whether or not a session was open), 1 otherwise."
+)]
 pub struct ReleaseArgs {
     /// Port of the worker's control server on 127.0.0.1.
     #[arg(long, env = "NULL_CONTROL_PORT", default_value_t = nullworker_protocol::DEFAULT_NULL_CONTROL_PORT)]

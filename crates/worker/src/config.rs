@@ -61,7 +61,8 @@ pub struct ServeArgs {
     #[arg(long, env = "USE_SSL", value_name = "BOOL")]
     pub use_ssl: Option<String>,
 
-    /// Disable every signature check (yes/no, true/false, on/off, 1/0).
+    /// Disable the signature and `auth_data.url` checks (yes/no, true/false,
+    /// on/off, 1/0) [default: false].
     #[arg(long, env = "UNSECURED", value_name = "BOOL")]
     pub unsecured: Option<String>,
 

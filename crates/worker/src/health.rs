@@ -42,7 +42,10 @@ pub async fn health_loop(app: Arc<App>) {
     let mut startup_failed = false;
     let mut last_failure: Option<String> = None;
     loop {
-        let outcome = check_once(app.http.for_url(url.as_str()), &url).await;
+        let outcome = tokio::select! {
+            () = app.shutdown.cancelled() => return,
+            outcome = check_once(app.http.for_url(url.as_str()), &url) => outcome,
+        };
         match outcome {
             Ok(()) => {
                 if !healthy_once {

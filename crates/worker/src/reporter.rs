@@ -222,13 +222,7 @@ pub async fn deletes_loop(app: Arc<App>) {
 
 /// Delivers the queued delete records in batches; stops at the first failure.
 async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> bool {
-    let addrs: Vec<String> = app
-        .config
-        .report_addrs
-        .iter()
-        .filter(|a| a.as_str() != protocol::DELETE_REQUESTS_SKIPPED_ADDR.trim_end_matches('/'))
-        .cloned()
-        .collect();
+    let addrs = delete_addrs(&app.config.report_addrs);
     loop {
         let batch = app.metrics.peek_deletes(MAX_DELETE_BATCH);
         if batch.is_empty() {
@@ -255,6 +249,17 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
         }
         app.metrics.drop_deletes(n);
     }
+}
+
+/// The `REPORT_ADDR` entries that take `/delete_requests/`: all but the
+/// literal `https://cloud.vast.ai/api/v0`, which the reference skips (§10.3).
+fn delete_addrs(report_addrs: &[String]) -> Vec<String> {
+    let skipped = protocol::DELETE_REQUESTS_SKIPPED_ADDR.trim_end_matches('/');
+    report_addrs
+        .iter()
+        .filter(|addr| addr.trim_end_matches('/') != skipped)
+        .cloned()
+        .collect()
 }
 
 /// The last report at shutdown: pending deletes, then the status, one quick attempt per address.
@@ -354,6 +359,20 @@ pub async fn send_beacon(target: &BeaconTarget, reason: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn delete_batches_skip_the_reference_cloud_address() {
+        let addrs = [
+            "https://cloud.vast.ai/api/v0".to_owned(),
+            "https://run.vast.ai".to_owned(),
+            "https://cloud.vast.ai/api/v0/".to_owned(),
+            "https://cloud.vast.ai/api/v1".to_owned(),
+        ];
+        assert_eq!(
+            delete_addrs(&addrs),
+            ["https://run.vast.ai", "https://cloud.vast.ai/api/v1"]
+        );
+    }
 
     #[test]
     fn disk_usage_is_readable() {

@@ -57,6 +57,8 @@ pub struct Session {
     pub created_at: f64,
     /// Monotonic instant at creation.
     created: Instant,
+    /// Opening order (instants can tie).
+    seq: u64,
     /// Epoch `expiration`, extended additively.
     expiration: Mutex<f64>,
     /// Fires when the session closes.
@@ -123,6 +125,8 @@ struct Inner {
     deadlines: BTreeSet<(Instant, String)>,
     /// The instant the expiry task sleeps until (`None`: until woken).
     armed: Option<Instant>,
+    /// Sessions opened so far (the next one's `seq`).
+    opened: u64,
 }
 
 /// All open sessions.
@@ -170,12 +174,14 @@ impl SessionTable {
         };
         let created = clock.now();
         let created_at = clock.epoch_of(created);
+        inner.opened += 1;
         let session = Arc::new(Session {
             id: id.clone(),
             expiration: Mutex::new(created_at + spec.lifetime),
             spec,
             created_at,
             created,
+            seq: inner.opened,
             closed: CancellationToken::new(),
             track: OnceLock::new(),
         });
@@ -282,7 +288,7 @@ impl SessionTable {
     /// Every open session, oldest first.
     pub fn all(&self) -> Vec<Arc<Session>> {
         let mut all: Vec<_> = self.lock().sessions.values().cloned().collect();
-        all.sort_by_key(|s| s.created);
+        all.sort_by_key(|s| s.seq);
         all
     }
 

@@ -33,47 +33,73 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 )]
 pub struct ClientArgs {
     /// Name of the endpoint to reserve workers on.
-    #[arg(long, env = "VAST_ENDPOINT")]
+    #[arg(long, env = "VAST_ENDPOINT", value_name = "NAME")]
     pub endpoint: String,
 
     /// Route service deployment: `prod` (https://run.vast.ai), `alpha`,
     /// `candidate`, or `local` (a `nullworker engine` at http://127.0.0.1:8080,
     /// which serves both the route service and the web API). `prod`, `alpha`
     /// and `candidate` use https://console.vast.ai as the web API.
-    #[arg(long, default_value = "local", value_parser = parse_instance)]
+    #[arg(long, default_value = "local", value_parser = parse_instance, value_name = "NAME")]
     pub instance: Instance,
 
-    /// Number of concurrent sessions.
-    #[arg(long, default_value_t = 1)]
+    /// Number of concurrent sessions (1 to 10000).
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub count: i64,
 
-    /// Seconds each session is held once it has a worker.
-    #[arg(long, default_value_t = 180.0, allow_negative_numbers = true)]
+    /// Seconds each session is held once it has a worker (greater than 0).
+    #[arg(
+        long,
+        default_value_t = 180.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
     pub hold: f64,
 
     /// Seconds between session starts (when --count > 1).
-    #[arg(long, default_value_t = 30.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
     pub interval: f64,
 
     /// `cost` of each session (default 100 = the null worker's max_perf, so
     /// one session fills one worker).
-    #[arg(long, default_value_t = 100.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 100.0,
+        allow_negative_numbers = true,
+        value_name = "UNITS"
+    )]
     pub cost: f64,
 
     /// Session lifetime in seconds: how long a worker stays reserved after
     /// this client stops renewing (e.g. dies). Held sessions are renewed, so
-    /// --hold may be far longer.
-    #[arg(long, default_value_t = 60.0, allow_negative_numbers = true)]
+    /// --hold may be far longer. At least 4.
+    #[arg(
+        long,
+        default_value_t = 60.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
     pub lifetime: f64,
 
     /// Seconds allowed to get a worker for each session before it fails.
-    #[arg(long, default_value_t = 300.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
     pub timeout: f64,
 
     /// Account api key (not an endpoint key; endpoint keys are looked up).
     #[arg(
         long,
         env = "VAST_API_KEY",
+        value_name = "KEY",
         default_value = "",
         hide_env_values = true,
         hide_default_value = true
@@ -81,11 +107,11 @@ pub struct ClientArgs {
     pub api_key: String,
 
     /// Route service base URL (overrides --instance).
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub autoscaler_url: Option<String>,
 
     /// Web API base URL (overrides --instance).
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub webserver_url: Option<String>,
 
     /// Extra root CA (PEM file) to trust, e.g. Vast's root for HTTPS workers.
@@ -93,8 +119,13 @@ pub struct ClientArgs {
     pub ca_cert: Option<PathBuf>,
 
     /// Seconds between checks that a held session is still open on its
-    /// worker (how soon a release from the worker side is noticed).
-    #[arg(long, default_value_t = 5.0, allow_negative_numbers = true)]
+    /// worker (how soon a release from the worker side is noticed). At least 0.1.
+    #[arg(
+        long,
+        default_value_t = 5.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
     pub check_interval: f64,
 
     /// Print one JSON object per event and line instead of the live display.

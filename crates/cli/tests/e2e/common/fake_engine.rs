@@ -204,9 +204,7 @@ impl FakeEngine {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        wait_for(what, timeout, || {
-            self.statuses().into_iter().find(|s| pred(s))
-        })
+        self.wait_status_after(0, what, timeout, pred)
     }
 
     /// Waits for a status body matching `pred` that arrives after the first `skip` bodies.
@@ -217,9 +215,12 @@ impl FakeEngine {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        wait_for(what, timeout, || {
-            self.statuses().into_iter().skip(skip).find(|s| pred(s))
-        })
+        wait_in(
+            what,
+            timeout,
+            || self.statuses().into_iter().skip(skip),
+            pred,
+        )
     }
 
     /// Waits for a delete record matching `pred`.
@@ -229,9 +230,7 @@ impl FakeEngine {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        wait_for(what, timeout, || {
-            self.delete_records().into_iter().find(|r| pred(r))
-        })
+        wait_in(what, timeout, || self.delete_records(), pred)
     }
 
     /// Waits for an on-close callback body matching `pred`.
@@ -241,15 +240,23 @@ impl FakeEngine {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        wait_for(what, timeout, || {
-            self.callbacks().into_iter().find(|c| pred(c))
-        })
+        wait_in(what, timeout, || self.callbacks(), pred)
     }
 
     /// The verifying key matching the served PEM.
     pub fn verifying_key(&self) -> VerifyingKey {
         VerifyingKey::from_pem(&self.shared.pubkey_pem).expect("served PEM parses")
     }
+}
+
+/// Waits until a body listed by `bodies` matches `pred`.
+fn wait_in<I: IntoIterator<Item = Value>>(
+    what: &str,
+    timeout: Duration,
+    bodies: impl Fn() -> I,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    wait_for(what, timeout, || bodies().into_iter().find(|b| pred(b)))
 }
 
 impl Drop for FakeEngine {

@@ -266,3 +266,67 @@ fn sigterm_closes_sessions_reports_and_exits_0() {
         assert!(log.contains(&b) && log.contains("shutdown"), "{log}");
     }
 }
+
+#[test]
+fn reports_heartbeat_every_ten_seconds_and_follow_work_within_a_tick() {
+    // §10.1: a quiet worker reports about every 10 s (not on every 1 s tick);
+    // work is reported at the next tick.
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine));
+    wait_ready(&engine);
+    let next_report = |after: usize, what: &str| {
+        crate::common::process::wait_for(what, Duration::from_secs(30), || {
+            (engine.statuses().len() > after).then(std::time::Instant::now)
+        })
+    };
+    let quiet = std::time::Instant::now();
+    let first = next_report(engine.statuses().len(), "a heartbeat");
+    let second = next_report(engine.statuses().len(), "a second heartbeat");
+    let gap = second - first;
+    assert!(
+        gap >= Duration::from_secs(9) && gap <= Duration::from_secs(14),
+        "heartbeats {gap:?} apart"
+    );
+    assert!(first - quiet <= Duration::from_secs(14));
+
+    // A plain /ping: admitted, completed, reported at the next tick.
+    let n = engine.statuses().len();
+    let sent = std::time::Instant::now();
+    let (status, _) = w.post(
+        "/ping",
+        &json!({"auth_data": signed_auth(&w.url, 31, 100), "session_id": null, "payload": {}}),
+    );
+    assert_eq!(status, 200);
+    let report = engine.wait_status_after(n, "the ping in a report", SOON, |s| {
+        s["cur_perf"] == json!(100.0)
+    });
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "reported {:?} after the work, not at the next tick",
+        sent.elapsed()
+    );
+    assert_eq!(report["new_load"], json!(100.0), "{report}");
+    assert_eq!(report["cur_load"], json!(0.0), "{report}");
+    assert_eq!(report["num_requests_recieved"], json!(1), "{report}");
+    assert_eq!(report["num_requests_working"], json!(0), "{report}");
+    let record = engine.wait_delete("the ping's Success record", SOON, |r| {
+        r["request_idx"] == json!(31)
+    });
+    assert_eq!(record["status"], json!("Success"), "{record}");
+    assert_eq!(record["work_started_at"], record["entered_queue_at"]);
+    assert!(record["work_completed_at"].as_f64() >= record["entered_queue_at"].as_f64());
+    // Counters are per interval: the next report starts from zero again.
+    let n = engine.statuses().len();
+    let later =
+        engine.wait_status_after(n, "the next heartbeat", Duration::from_secs(30), |_| true);
+    assert_eq!(
+        (later["cur_perf"].as_f64(), later["new_load"].as_f64()),
+        (Some(0.0), Some(0.0)),
+        "{later}"
+    );
+    assert_eq!(
+        later["num_requests_recieved"],
+        json!(1),
+        "cumulative: {later}"
+    );
+}

@@ -3,6 +3,8 @@
 //! worker, `UNSECURED` turns checks off, the key is fetched with failover,
 //! and `/pyworker/update` needs `MASTER_TOKEN`.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use super::{sign, signed_auth, wait_ready, Worker, WorkerSpec, SOON};
@@ -145,8 +147,9 @@ fn signed_create_needs_url_and_signature_only() {
 #[test]
 fn not_ready_until_the_key_is_loaded_and_key_fetch_fails_over() {
     let engine = FakeEngine::start();
-    // First entry refuses connections; the engine fails the first two fetches.
-    engine.fail_pubkey(2);
+    // First entry refuses connections; the engine fails the first three
+    // fetches, so the key arrives after 1 + 2 + 4 s of backoff.
+    engine.fail_pubkey(3);
     let dead = format!("http://127.0.0.1:{}", free_port());
     let spec = WorkerSpec {
         report_addr: Some(format!("{dead},{}", engine.url())),
@@ -157,17 +160,33 @@ fn not_ready_until_the_key_is_loaded_and_key_fetch_fails_over() {
     let first = engine.wait_status("a first report", SOON, |_| true);
     assert_eq!(first["max_perf"], json!(0.0), "{first}");
     assert_eq!(first["loadtime"], json!(0.0));
-    let (status, _) = w.post(
+    // Without the key nothing signed is accepted, and /release is refused.
+    let (status, text) = w.post(
         "/ping",
         &json!({"auth_data": signed_auth(&w.url, 1, 100), "session_id": null, "payload": {}}),
     );
-    assert!(status == 401 || status == 200, "{status}");
-    // 1 s + 2 s of backoff, then the third round succeeds.
-    wait_ready(&engine);
-    assert!(engine.pubkey_requests() >= 3);
+    assert_eq!((status, text.as_str()), (401, ""));
+    let (status, text) = w.post(
+        "/session/create",
+        &json!({"auth_data": signed_auth(&w.url, 2, 100), "payload": {}}),
+    );
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("public key is not loaded"), "{text}");
+    let (status, body) = w.release();
+    assert_eq!(
+        (status, body),
+        (
+            503,
+            json!({"released": false, "reason": "backend not ready"})
+        )
+    );
+    engine.wait_status("a ready report", Duration::from_secs(30), |s| {
+        s["max_perf"] == json!(100.0)
+    });
+    assert_eq!(engine.pubkey_requests(), 4);
     let (status, _) = w.post(
         "/ping",
-        &json!({"auth_data": signed_auth(&w.url, 2, 100), "session_id": null, "payload": {}}),
+        &json!({"auth_data": signed_auth(&w.url, 3, 100), "session_id": null, "payload": {}}),
     );
     assert_eq!(status, 200);
 }

@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 
 use super::{epoch_now, signed_auth, wait_ready, Worker, WorkerSpec, SOON};
-use crate::common::fake_engine::FakeEngine;
+use crate::common::fake_engine::{other_key, FakeEngine};
 
 #[test]
 fn session_lifecycle_and_reports() {
@@ -42,6 +42,7 @@ fn session_lifecycle_and_reports() {
 
     let before = epoch_now();
     let (id, auth) = w.open(7, 30.0, json!({}));
+    let after = epoch_now();
     assert_eq!(id.len(), 13);
     assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
 
@@ -56,10 +57,17 @@ fn session_lifecycle_and_reports() {
         &json!({"auth_data": signed_auth(&w.url, 8, 100), "payload": {"lifetime": 30}, "session_id": null}),
     );
     assert_eq!((status, text.as_str()), (429, ""));
-    engine.wait_delete("a Rejected record for request 8", SOON, |r| {
+    let rejected = engine.wait_delete("a Rejected record for request 8", SOON, |r| {
         r["request_idx"] == json!(8)
             && r["status"] == json!("Rejected")
             && r["success"] == json!(false)
+    });
+    // Rejected work never started nor completed (§3.4).
+    assert_eq!(rejected["work_started_at"], json!(0.0), "{rejected}");
+    assert_eq!(rejected["work_completed_at"], json!(0.0), "{rejected}");
+    assert!(rejected["entered_queue_at"].as_f64().unwrap() >= before);
+    engine.wait_status("the refused create in a report", SOON, |s| {
+        s["rej_load"] == json!(100.0) && s["num_requests_recieved"] == json!(2)
     });
 
     // get: every field, no extension.
@@ -77,8 +85,8 @@ fn session_lifecycle_and_reports() {
     let created_at = info["created_at"].as_f64().unwrap();
     let expiration = info["expiration"].as_f64().unwrap();
     assert!(
-        (created_at - before).abs() < 5.0,
-        "created_at {created_at} vs {before}"
+        before - 0.5 <= created_at && created_at <= after + 0.5,
+        "created_at {created_at} outside [{before}, {after}]"
     );
     assert!((expiration - created_at - 30.0).abs() < 1e-6);
 
@@ -143,9 +151,26 @@ fn session_lifecycle_and_reports() {
         r["request_idx"] == json!(7) && r["status"] == json!("Success")
     });
     assert_eq!(record["success"], json!(true));
+    // A session's record spans create to close (§3.4): queued and started at create.
     assert!(
-        record["work_completed_at"].as_f64().unwrap()
-            >= record["entered_queue_at"].as_f64().unwrap()
+        (record["entered_queue_at"].as_f64().unwrap() - created_at).abs() < 1e-6,
+        "{record} vs created_at {created_at}"
+    );
+    assert_eq!(record["work_started_at"], record["entered_queue_at"]);
+    assert!(
+        record["work_completed_at"].as_f64().unwrap() > created_at,
+        "{record}"
+    );
+    // Requests inside the session are not tracked: one record per reservation.
+    assert_eq!(
+        engine
+            .delete_records()
+            .iter()
+            .filter(|r| r["request_idx"] == json!(7))
+            .count(),
+        1,
+        "{:?}",
+        engine.delete_records()
     );
     let body = &engine.delete_bodies()[0];
     assert_eq!(body["worker_id"], json!(42));
@@ -153,6 +178,69 @@ fn session_lifecycle_and_reports() {
 
     // Free again: a new reservation succeeds.
     w.open(9, 30.0, json!({}));
+}
+
+#[test]
+fn a_refused_request_in_a_session_still_extends_it() {
+    // Quirk Q6 (wire): the extension happens before the signature and queue
+    // checks, so a request the worker then refuses extends the session too.
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine));
+    wait_ready(&engine);
+    let (id, auth) = w.open(21, 30.0, json!({}));
+    let expiration = |w: &Worker| {
+        let (status, text) = w.post(
+            "/session/get",
+            &json!({"session_id": id, "session_auth": auth}),
+        );
+        assert_eq!(status, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()["expiration"]
+            .as_f64()
+            .unwrap()
+    };
+    let first = expiration(&w);
+
+    let mut forged = auth.clone();
+    forged["signature"] = json!(other_key().sign_url(&w.url));
+    let (status, text) = w.post(
+        "/ping",
+        &json!({"auth_data": forged, "session_id": id, "payload": {}}),
+    );
+    assert_eq!((status, text.as_str()), (401, ""));
+    let extended = expiration(&w);
+    assert!(
+        (extended - (first + 30.0)).abs() < 1e-6,
+        "expiration {first} -> {extended}, expected +30"
+    );
+    // An unknown session id is 410 and extends nothing.
+    let (status, _) = w.post(
+        "/ping",
+        &json!({"auth_data": auth, "session_id": "AAAAAAAAAAAAA", "payload": {}}),
+    );
+    assert_eq!(status, 410);
+    assert_eq!(expiration(&w), extended);
+
+    // The refusal is rejected load, but in-session requests are not tracked:
+    // no delete record and no received request beyond the reservation (§9.6).
+    let report = engine.wait_status("the refused ping in a report", SOON, |s| {
+        s["rej_load"] == json!(100.0)
+    });
+    assert_eq!(report["num_requests_recieved"], json!(1), "{report}");
+    assert_eq!(report["working_request_idxs"], json!([21]), "{report}");
+    let (status, _) = w.post(
+        "/session/end",
+        &json!({"session_id": id, "session_auth": auth}),
+    );
+    assert_eq!(status, 200);
+    engine.wait_delete("the session's Success record", SOON, |r| {
+        r["request_idx"] == json!(21) && r["status"] == json!("Success")
+    });
+    assert_eq!(
+        engine.delete_records().len(),
+        1,
+        "{:?}",
+        engine.delete_records()
+    );
 }
 
 #[test]
