@@ -4,15 +4,17 @@
 //! port, workers = this executable's `serve`), creates an endpoint with the
 //! seed's tested configuration, runs a short client run (by default 3
 //! sessions 5 s apart, held 15 s, the last one released early from the
-//! instance side with the consumer's `POST /release`), prints the workers
-//! scaling from zero up and back to zero as a timeline, and stops everything.
+//! instance side, as a queue consumer does, with `POST /release` on the
+//! worker's control port, which the engine lists for each worker), prints
+//! the workers scaling from zero up and back to zero as a timeline, and
+//! stops everything.
 //!
-//! Owns the demo's flags, the timeline and the "consumer" that releases
-//! early. Sessions, display and summary come from `nullworker_client::cli`.
+//! Owns the demo's flags, the timeline and the early release. Sessions,
+//! display and summary come from `nullworker_client::cli`.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use nullworker_client::cli::display::{Display, Mode};
 use nullworker_client::cli::runner::{self, Event, Plan};
 use nullworker_client::{Client, Endpoint};
-use nullworker_engine::{Engine, EngineConfig};
+use nullworker_engine::{Engine, EngineConfig, EngineHandle};
 
 /// Name of the endpoint the demo creates.
 const DEMO_ENDPOINT: &str = "demo";
@@ -124,22 +126,6 @@ impl Drop for TempDir {
     }
 }
 
-/// Quotes `s` for a POSIX shell.
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-/// The demo's stand-in for a queue consumer: it publishes its worker's
-/// control port (the consumer knows it from `NULL_CONTROL_PORT`) so the demo
-/// can release "from the instance", then idles until the worker stops.
-fn consumer_command(ports_dir: &Path) -> String {
-    let dir = shell_quote(&ports_dir.display().to_string());
-    let script = format!(
-        "echo \"$NULL_CONTROL_PORT\" > {dir}/\"control-port-$WORKER_PORT\"; exec sleep 100000"
-    );
-    format!("/bin/sh -c {}", shell_quote(&script))
-}
-
 /// Shared output: the run's display and the demo's own lines.
 type Out = Arc<Mutex<Box<dyn std::io::Write + Send>>>;
 
@@ -172,9 +158,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     let dir = TempDir::new()?;
     let state_dir = dir.0.join("state");
-    let ports_dir = dir.0.join("ports");
-    std::fs::create_dir_all(&ports_dir)
-        .with_context(|| format!("cannot create {}", ports_dir.display()))?;
 
     let mut engine_config =
         EngineConfig::new(&state_dir).context("cannot configure the embedded engine")?;
@@ -182,18 +165,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let engine = Engine::start(engine_config)
         .await
         .context("cannot start the embedded engine")?;
-    let outcome = demo(&engine.url(), engine.account_key(), &config, &ports_dir).await;
+    let outcome = demo(&engine, &config).await;
     engine.shutdown().await;
     drop(dir);
     outcome
 }
 
-async fn demo(
-    engine_url: &str,
-    account_key: &str,
-    config: &DemoConfig,
-    ports_dir: &Path,
-) -> anyhow::Result<ExitCode> {
+async fn demo(engine: &EngineHandle, config: &DemoConfig) -> anyhow::Result<ExitCode> {
+    let engine_url = engine.url();
+    let account_key = engine.account_key();
     let out: Out = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     let t0 = Instant::now();
     say(
@@ -205,8 +185,8 @@ async fn demo(
     );
 
     let client = Client::builder(account_key)
-        .autoscaler_url(engine_url)
-        .webserver_url(engine_url)
+        .autoscaler_url(&engine_url)
+        .webserver_url(&engine_url)
         .build()?;
     client
         .create_endpoint(&json!({
@@ -217,7 +197,6 @@ async fn demo(
             "target_queue_time": 0.5,
             "inactivity_timeout": 10,
             "cold_workers": 0,
-            "consumer_command": consumer_command(ports_dir),
         }))
         .await?;
     let endpoint = client.endpoint(DEMO_ENDPOINT).await?;
@@ -266,8 +245,9 @@ async fn demo(
     let release_after = config.release_after;
     let last = plan.count;
     let tap_out = out.clone();
-    let ports_dir = ports_dir.to_owned();
-    let tap = tokio::spawn(async move {
+    // Polled in place (not spawned) so that it can look workers up on the
+    // engine it borrows.
+    let tap = async move {
         let mut releases = Vec::new();
         while let Some(event) = run_rx.recv().await {
             if let (
@@ -280,10 +260,11 @@ async fn demo(
             ) = (&event, release_after)
             {
                 if *session == last {
+                    let control_port = control_port_of(engine, worker_url);
                     releases.push(tokio::spawn(release_later(
                         worker_url.clone(),
+                        control_port,
                         after,
-                        ports_dir.clone(),
                         tap_out.clone(),
                         t0,
                     )));
@@ -294,7 +275,7 @@ async fn demo(
         for release in releases {
             let _ = release.await;
         }
-    });
+    };
     let run = runner::run_plan(&endpoint, &plan, t0, run_tx, cancel.clone());
     let (reports, (), _) = tokio::join!(run, display.drive(display_rx), tap);
     let failed = reports.iter().any(|r| r.outcome.is_failure());
@@ -346,39 +327,34 @@ fn round(d: Duration) -> f64 {
     (d.as_secs_f64() * 10.0).round() / 10.0
 }
 
+/// The control port (`NULL_CONTROL_PORT`) of the demo endpoint's worker
+/// serving `worker_url`, from the engine's worker listing.
+fn control_port_of(engine: &EngineHandle, worker_url: &str) -> Option<u16> {
+    engine
+        .workers(DEMO_ENDPOINT)?
+        .into_iter()
+        .find(|w| w.url.as_deref() == Some(worker_url))?
+        .control_port
+}
+
 /// Releases the session held on `worker_url` from the instance side, `after`
-/// into its hold, the way a queue consumer does.
+/// into its hold, the way a queue consumer does (`POST /release` on the
+/// worker's control port).
 async fn release_later(
     worker_url: String,
+    control_port: Option<u16>,
     after: Duration,
-    ports_dir: PathBuf,
     out: Out,
     t0: Instant,
 ) {
     tokio::time::sleep(after).await;
-    let Some(port) = worker_url
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse::<u16>().ok())
-    else {
+    let Some(control_port) = control_port else {
         say(
             &out,
             t0,
-            &format!("consumer: cannot tell the port of {worker_url}"),
+            &format!("consumer: the engine lists no control port for {worker_url}"),
         );
         return;
-    };
-    let file = ports_dir.join(format!("control-port-{port}"));
-    let control_port = match std::fs::read_to_string(&file) {
-        Ok(text) => text.trim().to_owned(),
-        Err(err) => {
-            say(
-                &out,
-                t0,
-                &format!("consumer: no control port for {worker_url} ({err})"),
-            );
-            return;
-        }
     };
     let control_url = format!("http://127.0.0.1:{control_port}");
     match nullworker_client::consumer::release(&control_url).await {

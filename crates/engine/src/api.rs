@@ -32,7 +32,6 @@ use crate::db::DbError;
 use crate::endpoint::{validate_name, EndpointSettings, ParamError, WorkerTemplate};
 use crate::engine::{now, Core};
 use crate::metrics::RouteAnswer;
-use crate::policy::routing::{choose_worker, waiting_status};
 use crate::policy::worker_state::{ProcessPhase, ReportFacts};
 use crate::registry::{policy_of, Endpoint, Worker};
 use crate::scaler::record_transition;
@@ -358,12 +357,15 @@ async fn route(
                 );
             }
             Attempt::Waiting {
+                endpoint_id,
                 endpoint,
                 request_idx,
                 status,
                 hold,
             } => {
-                core.kick.notify_one();
+                // Coalesced by the scaler: at most one early pass per
+                // endpoint every 100 ms however many answers wait.
+                core.kick_waiting(endpoint_id);
                 idx = request_idx;
                 let waited_enough = tokio::time::Instant::now() >= deadline;
                 if hold && !waited_enough {
@@ -399,6 +401,7 @@ enum Attempt {
         request_idx: u64,
     },
     Waiting {
+        endpoint_id: i64,
         endpoint: String,
         request_idx: u64,
         status: String,
@@ -406,7 +409,8 @@ enum Attempt {
     },
 }
 
-/// One pass of §12.4 under the registry lock.
+/// One pass of §12.4 under the registry lock: O(log workers), and no
+/// allocation beyond the answer's strings.
 fn try_route(
     core: &Core,
     name: Option<&str>,
@@ -430,13 +434,13 @@ fn try_route(
     ep.last_activity = ep.last_activity.max(t);
     let idx = ep.requests.route(request_idx, cost, replay_timeout, t);
     ep.apply_request_changes();
-    if let Some(worker_id) = choose_worker(&ep.candidates, cost, &ep.policy) {
+    if let Some(worker_id) = ep.choose(cost) {
         let first_wait = ep.requests.assign(idx, worker_id, cost, t);
         ep.sync_candidate(worker_id);
         let w = &ep.workers[&worker_id];
         let (url, signature) = match (&w.url, &w.signature) {
             (Some(u), Some(s)) => (u.clone(), s.clone()),
-            _ => unreachable!("candidates always have a signed URL"),
+            _ => unreachable!("routable workers always have a signed URL"),
         };
         let endpoint = ep.stored.name.clone();
         drop(reg);
@@ -451,8 +455,9 @@ fn try_route(
         };
     }
     ep.requests.mark_waiting(idx, cost, t);
-    let status = waiting_status(ep.policy.state, ep.workers.values().map(|w| w.state));
+    let status = ep.waiting_status();
     Attempt::Waiting {
+        endpoint_id: ep.stored.id,
         endpoint: ep.stored.name.clone(),
         request_idx: idx,
         status,
@@ -473,6 +478,15 @@ fn report_error(status: StatusCode, msg: impl Into<String>) -> Response {
     json_response(status, &json!({ "error": msg.into() }))
 }
 
+/// What a report needs before it can be applied under the lock.
+enum ReportPrep {
+    /// Known worker, nothing to sign.
+    Ready,
+    /// An external worker to register (endpoint id), or a known external
+    /// worker whose URL changed: its URL must be signed first.
+    Sign(Option<i64>),
+}
+
 async fn worker_status(State(core): Ctx, body: Bytes) -> Response {
     let report: WorkerStatus = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -483,48 +497,30 @@ async fn worker_status(State(core): Ctx, body: Bytes) -> Response {
             )
         }
     };
+    let prep = match prepare_report(&core, &report) {
+        Ok(prep) => prep,
+        Err(resp) => return resp,
+    };
+    // Signing takes milliseconds: done before taking the lock, off the
+    // runtime threads.
+    let signature = match prep {
+        ReportPrep::Ready => None,
+        ReportPrep::Sign(_) => match core.signature(&report.url).await {
+            Some(sig) => Some(sig),
+            None => return report_error(StatusCode::SERVICE_UNAVAILABLE, "engine shutting down"),
+        },
+    };
     let t = now();
     let mut reg = core.registry();
-    if reg.worker_mut(report.id).is_none() {
-        // An unknown worker: an external worker registers with its
-        // endpoint's api_key as MASTER_TOKEN.
-        if core.config.strict {
-            return report_error(
-                StatusCode::UNAUTHORIZED,
-                format!("unknown worker id {}", report.id),
-            );
-        }
-        let Some(ep_id) = reg
-            .endpoints
-            .values()
-            .find(|ep| !report.mtoken.is_empty() && ep.stored.api_key == report.mtoken)
-            .map(|ep| ep.stored.id)
-        else {
-            return report_error(
-                StatusCode::UNAUTHORIZED,
-                format!(
-                    "unknown worker id {}: an external worker must use its endpoint's api_key as MASTER_TOKEN",
-                    report.id
-                ),
-            );
-        };
-        if !(report.url.starts_with("http://") || report.url.starts_with("https://")) {
-            return report_error(
-                StatusCode::BAD_REQUEST,
-                format!("url: expected an http(s) URL, got {:?}", report.url),
-            );
-        }
-        drop(reg);
-        let signature = core.signature(&report.url);
-        reg = core.registry();
+    if let (ReportPrep::Sign(Some(ep_id)), Some(sig)) = (&prep, &signature) {
         if reg.worker_mut(report.id).is_none() {
             let mut w = Worker::launched(report.id, report.mtoken.clone(), t);
             w.external = true;
             w.process = ProcessPhase::Running;
             w.url = Some(report.url.as_str().into());
-            w.signature = Some(signature);
+            w.signature = Some(sig.clone());
             tracing::info!(worker = report.id, url = %report.url, "registered an external worker");
-            reg.add_worker(ep_id, w);
+            reg.add_worker(*ep_id, w);
         }
     }
     let Some((ep, id)) = reg.worker_mut(report.id) else {
@@ -539,9 +535,12 @@ async fn worker_status(State(core): Ctx, body: Bytes) -> Response {
     }
     if w.external && w.url.as_deref() != Some(report.url.as_str()) && report.url.starts_with("http")
     {
+        // Signed above unless the URL changed again meanwhile: then the
+        // next report signs it.
         w.url = Some(report.url.as_str().into());
-        w.signature = Some(core.signature(&report.url));
+        w.signature = signature;
     }
+    let load_before = w.reported_load() + ep.requests.pending_cost(id);
     w.last_report = Some(ReportFacts {
         at: t,
         max_perf: report.max_perf,
@@ -554,15 +553,72 @@ async fn worker_status(State(core): Ctx, body: Bytes) -> Response {
     ep.requests.observe_report(id, &idxs, t);
     ep.apply_request_changes();
     let name = ep.stored.name.clone();
+    let ep_id = ep.stored.id;
     let transition = ep.refresh(id, t);
+    // Held `/route/` calls only care about a worker that is routable and
+    // just became so or got lighter.
+    let wake = ep.is_routable(id)
+        && (transition.is_some() || {
+            let w = &ep.workers[&id];
+            w.reported_load() + ep.requests.pending_cost(id) < load_before
+        });
     drop(reg);
     core.metrics.report();
-    core.worker_ready.notify_waiters();
+    if wake {
+        core.worker_ready.notify_waiters();
+    }
     if let Some(tr) = transition {
         record_transition(&core, &name, &tr);
-        core.kick.notify_one();
+        core.kick_endpoint(ep_id);
     }
     json_response(StatusCode::OK, &json!({ "ok": true }))
+}
+
+/// Checks a report against the registry: a known worker, an external
+/// worker to register, or a refusal.
+fn prepare_report(core: &Core, report: &WorkerStatus) -> Result<ReportPrep, Response> {
+    let mut reg = core.registry();
+    if let Some((ep, id)) = reg.worker_mut(report.id) {
+        let w = &ep.workers[&id];
+        let moved = w.external
+            && w.mtoken == report.mtoken
+            && w.url.as_deref() != Some(report.url.as_str())
+            && report.url.starts_with("http");
+        return Ok(if moved {
+            ReportPrep::Sign(None)
+        } else {
+            ReportPrep::Ready
+        });
+    }
+    // An unknown worker: an external worker registers with its
+    // endpoint's api_key as MASTER_TOKEN.
+    if core.config.strict {
+        return Err(report_error(
+            StatusCode::UNAUTHORIZED,
+            format!("unknown worker id {}", report.id),
+        ));
+    }
+    let Some(ep_id) = reg
+        .endpoints
+        .values()
+        .find(|ep| !report.mtoken.is_empty() && ep.stored.api_key == report.mtoken)
+        .map(|ep| ep.stored.id)
+    else {
+        return Err(report_error(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "unknown worker id {}: an external worker must use its endpoint's api_key as MASTER_TOKEN",
+                report.id
+            ),
+        ));
+    };
+    if !(report.url.starts_with("http://") || report.url.starts_with("https://")) {
+        return Err(report_error(
+            StatusCode::BAD_REQUEST,
+            format!("url: expected an http(s) URL, got {:?}", report.url),
+        ));
+    }
+    Ok(ReportPrep::Sign(Some(ep_id)))
 }
 
 async fn delete_requests(State(core): Ctx, body: Bytes) -> Response {
@@ -759,8 +815,23 @@ fn record_with_template(ep: &Endpoint) -> Value {
             json!(ep.stored.template.consumer_command),
         );
         map.insert("worker_env".into(), json!(ep.stored.template.env));
+        map.insert("spawn_backoff".into(), backoff_json(ep));
     }
     v
+}
+
+/// The endpoint's spawn backoff: consecutive failed launches, the current
+/// delay and when the next launch may happen (`null` when none is held back).
+fn backoff_json(ep: &Endpoint) -> Value {
+    let b = &ep.backoff;
+    json!({
+        "failures": b.failures(),
+        "delay": b.delay(),
+        "last_failure_at": b.last_failure(),
+        "retry_at": b.retry_at(),
+        "spawns": ep.spawns,
+        "failed_spawns": ep.spawn_failures,
+    })
 }
 
 async fn list_endpoints(
@@ -865,7 +936,7 @@ async fn create_endpoint(
     tracing::info!(endpoint = %name, id, "endpoint created");
     let live = core.live_endpoint(stored, t);
     core.registry().insert(live);
-    core.kick.notify_one();
+    core.kick_endpoint(id);
     json_response(StatusCode::OK, &ApiResult::ok(id))
 }
 
@@ -944,7 +1015,7 @@ async fn update_endpoint(
     }
     tracing::info!(endpoint = %ep.stored.name, id, "endpoint updated");
     drop(reg);
-    core.kick.notify_one();
+    core.kick_endpoint(id);
     json_response(StatusCode::OK, &ApiOk::OK)
 }
 
@@ -1024,14 +1095,12 @@ async fn list_workers(
                 let mut v = serde_json::to_value(w.wire_view(ep.requests.pending_cost(w.id)))
                     .unwrap_or(Value::Null);
                 if let Value::Object(map) = &mut v {
+                    let (pid, consumer_pid) = w.pids();
                     map.insert("error".into(), json!(w.error));
                     map.insert("external".into(), json!(w.external));
-                    let spawned = w.spawned.as_ref();
-                    map.insert("pid".into(), json!(spawned.map(|s| s.worker.pid)));
-                    map.insert(
-                        "consumer_pid".into(),
-                        json!(spawned.and_then(|s| s.consumer.as_ref()).map(|c| c.pid)),
-                    );
+                    map.insert("control_port".into(), json!(w.control_port()));
+                    map.insert("pid".into(), json!(pid));
+                    map.insert("consumer_pid".into(), json!(consumer_pid));
                 }
                 v
             })

@@ -163,7 +163,7 @@ enum EndpointCommand {
         /// Endpoint name.
         name: String,
     },
-    /// Show an endpoint's workers: id, state, load, url, age.
+    /// Show an endpoint's workers: id, state, load, url, control port, age.
     Workers {
         /// Endpoint name.
         name: String,
@@ -483,16 +483,20 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
                 .cloned()
                 .unwrap_or_default();
             println!(
-                "{:<8} {:<14} {:>8} {:<28} {:>8}  ERROR",
-                "ID", "STATE", "LOAD", "URL", "AGE"
+                "{:<8} {:<14} {:>8} {:<28} {:>7} {:>8}  ERROR",
+                "ID", "STATE", "LOAD", "URL", "CONTROL", "AGE"
             );
             for w in &live {
+                let control = w["control_port"]
+                    .as_u64()
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string());
                 println!(
-                    "{:<8} {:<14} {:>8} {:<28} {:>7.0}s  {}",
+                    "{:<8} {:<14} {:>8} {:<28} {:>7} {:>7.0}s  {}",
                     id_of(w),
                     w["status"].as_str().unwrap_or("UNKNOWN"),
                     num(w, "cur_load"),
                     w["url"].as_str().unwrap_or(""),
+                    control,
                     (now - num(w, "created_at")).max(0.0),
                     w["error"].as_str().unwrap_or(""),
                 );
@@ -509,11 +513,12 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
                         continue;
                     }
                     println!(
-                        "{:<8} {:<14} {:>8} {:<28} {:>7.0}s  {}",
+                        "{:<8} {:<14} {:>8} {:<28} {:>7} {:>7.0}s  {}",
                         id_of(h),
                         "GONE",
                         "-",
                         h["url"].as_str().unwrap_or(""),
+                        "-",
                         (now - num(h, "created_at")).max(0.0),
                         h["reason"].as_str().unwrap_or(""),
                     );

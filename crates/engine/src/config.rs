@@ -23,7 +23,9 @@ pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 pub enum Command {
     /// A program and its arguments, executed directly.
     Argv(Vec<String>),
-    /// A shell command line, run as `/bin/sh -c 'exec <line>'`.
+    /// A shell command line, run as `/bin/sh -c '<line>'` (so `a; b` and
+    /// pipelines work) in a process group of its own, which is signalled
+    /// as a whole on stop.
     Shell(String),
 }
 

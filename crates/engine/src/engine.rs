@@ -4,13 +4,13 @@
 //! and the process-exit watcher, and the [`EngineHandle`] that stops it all
 //! (every worker included).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use nullworker_protocol::signing::SigningKey;
+use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,6 +21,7 @@ use crate::error::EngineError;
 use crate::metrics::Metrics;
 use crate::policy::worker_state::ProcessPhase;
 use crate::registry::{policy_of, Endpoint, Registry};
+use crate::signer::{SignatureCache, UrlSigner};
 use crate::state::StateDir;
 use crate::supervisor::{reap_stale, ExitEvent, ProcKind, Supervisor};
 
@@ -32,6 +33,15 @@ pub fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A request for an early scaler pass over one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Kick {
+    /// The endpoint.
+    pub endpoint_id: i64,
+    /// After a WAITING decision (else after an event).
+    pub waiting: bool,
+}
+
 /// Shared context of the engine.
 #[derive(Debug)]
 pub struct Core {
@@ -39,8 +49,8 @@ pub struct Core {
     pub config: EngineConfig,
     /// Database.
     pub db: Db,
-    /// Signing key.
-    pub signing_key: SigningKey,
+    /// Signs worker URLs.
+    pub signer: UrlSigner,
     /// `GET /pubkey/` body.
     pub pubkey_pem: String,
     /// Account key.
@@ -51,14 +61,17 @@ pub struct Core {
     pub metrics: Metrics,
     /// Process supervisor.
     pub supervisor: Supervisor,
-    /// Wakes the scaler early (after a WAITING answer, an exit, an update).
+    /// Endpoints whose scaler pass is wanted early (after a WAITING answer,
+    /// an exit, a state change, an update).
+    kicked: Mutex<HashSet<Kick>>,
+    /// Wakes the scaler when `kicked` gains a kick.
     pub kick: Notify,
     /// Wakes held `/route/` calls when a worker may have become routable.
     pub worker_ready: Notify,
     /// Engine-wide `reqnum` counter.
     pub reqnum: AtomicU64,
     /// Signatures by URL (the signature covers only the URL).
-    signatures: Mutex<HashMap<String, Arc<str>>>,
+    signatures: SignatureCache,
     /// Cancelled when the engine shuts down.
     pub shutdown: CancellationToken,
     /// Background work that must finish before the engine is gone.
@@ -71,22 +84,62 @@ impl Core {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The signature of `url`, computed once.
-    pub fn signature(&self, url: &str) -> Arc<str> {
-        if let Some(sig) = self
-            .signatures
+    /// Asks for an early scaler pass over one endpoint after an event (a
+    /// worker state change, a process exit, an update). The scaler runs at
+    /// most one such pass per endpoint every
+    /// [`KICK_INTERVAL`](crate::scaler::KICK_INTERVAL), however many kicks
+    /// arrive.
+    pub fn kick_endpoint(&self, endpoint_id: i64) {
+        self.kick(Kick {
+            endpoint_id,
+            waiting: false,
+        });
+    }
+
+    /// Asks for an early scaler pass after a WAITING decision, coalesced like
+    /// [`kick_endpoint`](Self::kick_endpoint) but separately from it, so a
+    /// request arriving just after an event still gets its worker created
+    /// at once, and a flood of WAITING answers costs at most one pass per
+    /// endpoint every `KICK_INTERVAL`.
+    pub fn kick_waiting(&self, endpoint_id: i64) {
+        self.kick(Kick {
+            endpoint_id,
+            waiting: true,
+        });
+    }
+
+    fn kick(&self, kick: Kick) {
+        let added = self
+            .kicked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(url)
-        {
-            return sig.clone();
+            .insert(kick);
+        if added {
+            self.kick.notify_one();
         }
-        let sig: Arc<str> = self.signing_key.sign_url(url).into();
-        self.signatures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(url.to_owned(), sig.clone());
-        sig
+    }
+
+    /// Takes the kicks received since the last call.
+    pub fn take_kicked(&self) -> HashSet<Kick> {
+        std::mem::take(&mut *self.kicked.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The signature of `url`, computed once per URL on a blocking thread
+    /// (an RSA signature takes milliseconds: never under a lock, never on
+    /// the async runtime's threads). `None` only if the engine is shutting
+    /// down.
+    pub async fn signature(self: &Arc<Self>, url: &str) -> Option<Arc<str>> {
+        if let Some(sig) = self.signatures.get(url) {
+            return Some(sig);
+        }
+        let core = self.clone();
+        let owned = url.to_owned();
+        let sig: Arc<str> = tokio::task::spawn_blocking(move || core.signer.sign_url(&owned))
+            .await
+            .ok()?
+            .into();
+        self.signatures.insert(url, sig.clone());
+        Some(sig)
     }
 
     /// A fresh live endpoint for a stored one.
@@ -99,6 +152,40 @@ impl Core {
         // Request indexes start above anything a previous run handed out.
         let first_idx = (now * 1000.0) as u64;
         Endpoint::new(stored, policy, first_idx, now)
+    }
+}
+
+/// One live worker as [`EngineHandle::workers`] lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerInfo {
+    /// Worker id (`CONTAINER_ID`).
+    pub id: i64,
+    /// Derived state.
+    pub state: crate::policy::WorkerState,
+    /// Public URL, once known.
+    pub url: Option<String>,
+    /// `NULL_CONTROL_PORT`: the worker's loopback `POST /release` server.
+    pub control_port: Option<u16>,
+    /// Worker process id, while it runs.
+    pub pid: Option<i32>,
+    /// Consumer process id, while it runs.
+    pub consumer_pid: Option<i32>,
+    /// Registered by its reports, not launched by the engine.
+    pub external: bool,
+}
+
+impl WorkerInfo {
+    fn of(w: &crate::registry::Worker) -> Self {
+        let (pid, consumer_pid) = w.pids();
+        Self {
+            id: w.id,
+            state: w.state,
+            url: w.url.as_deref().map(str::to_owned),
+            control_port: w.control_port(),
+            pid,
+            consumer_pid,
+            external: w.external,
+        }
     }
 }
 
@@ -172,18 +259,22 @@ impl Engine {
             path: config.db_path(),
             reason: e.to_string(),
         })?;
+        let signer = tokio::task::spawn_blocking(move || UrlSigner::new(signing_key))
+            .await
+            .map_err(|e| EngineError::Config(format!("signing key task failed: {e}")))?;
         let core = Arc::new(Core {
             db,
-            signing_key,
+            signer,
             pubkey_pem,
             account_key,
             registry: Mutex::new(Registry::default()),
             metrics: Metrics::default(),
             supervisor,
+            kicked: Mutex::new(HashSet::new()),
             kick: Notify::new(),
             worker_ready: Notify::new(),
             reqnum: AtomicU64::new(1),
-            signatures: Mutex::new(HashMap::new()),
+            signatures: SignatureCache::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             config,
@@ -236,6 +327,14 @@ impl EngineHandle {
     /// Whether this start generated the account key (print it once).
     pub fn account_key_generated(&self) -> bool {
         self.account_key_generated
+    }
+
+    /// The live workers of the endpoint named `endpoint` (`None` if there is
+    /// no such endpoint), with their control ports and process ids.
+    pub fn workers(&self, endpoint: &str) -> Option<Vec<WorkerInfo>> {
+        let mut reg = self.core.registry();
+        let ep = reg.by_name_mut(endpoint)?;
+        Some(ep.workers.values().map(WorkerInfo::of).collect())
     }
 
     /// Resolves when the engine is asked to stop.
@@ -307,29 +406,38 @@ async fn watch_exits(core: Arc<Core>, mut events: mpsc::UnboundedReceiver<ExitEv
             ProcKind::Consumer => {
                 tracing::warn!(worker = id, status = %event.status, "consumer process exited");
             }
-            ProcKind::Worker => {
-                if w.process == ProcessPhase::Running {
-                    w.process = ProcessPhase::Exited { expected: false };
-                    ep.unroute(id);
-                    let dropped = ep.requests.forget_worker(id);
-                    ep.apply_request_changes();
-                    tracing::warn!(worker = id, status = %event.status, dropped_requests = dropped, "worker process exited unexpectedly");
+            ProcKind::Worker => match w.process {
+                ProcessPhase::Running => {
+                    let ep_id = ep.stored.id;
+                    let name = ep.stored.name.clone();
+                    let dropped = worker_exited(ep, id);
+                    tracing::warn!(endpoint = %name, worker = id, status = %event.status, dropped_requests = dropped, "worker process exited unexpectedly");
                     core.metrics.worker_exit("unexpected");
                     if let Some(tr) = ep.refresh(id, t) {
-                        let _ = core.db.update_worker(
-                            id,
-                            tr.to.as_str(),
-                            None,
-                            tr.reason.as_deref(),
-                            None,
-                        );
+                        drop(reg);
+                        crate::scaler::record_transition(&core, &name, &tr);
+                    } else {
+                        drop(reg);
                     }
-                    drop(reg);
-                    core.kick.notify_one();
-                } else {
-                    core.metrics.worker_exit("expected");
+                    core.kick_endpoint(ep_id);
                 }
-            }
+                // Seen as exited when its spawn completed.
+                ProcessPhase::Exited { expected: false } => {}
+                _ => core.metrics.worker_exit("expected"),
+            },
         }
     }
+}
+
+/// Marks a running worker's process as exited unexpectedly: it leaves the
+/// routing table and its assignments are forgotten (their clients replay).
+/// Returns how many assignments were dropped. The caller refreshes it.
+pub fn worker_exited(ep: &mut Endpoint, id: i64) -> usize {
+    if let Some(w) = ep.workers.get_mut(&id) {
+        w.process = ProcessPhase::Exited { expected: false };
+    }
+    ep.unroute(id);
+    let dropped = ep.requests.forget_worker(id);
+    ep.apply_request_changes();
+    dropped
 }

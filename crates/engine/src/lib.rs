@@ -7,6 +7,10 @@
 //! * [`state`] / [`db`] — the state directory: SQLite database, signing key,
 //!   account key.
 //! * [`supervisor`] — worker and consumer processes.
+//! * [`registry`] — live endpoints and workers, the route index.
+//! * [`scaler`] — the autoscaler loop carrying out `policy` decisions.
+//! * [`signer`] — worker URL signatures.
+//! * [`api`] — the HTTP surface; [`metrics`] — `GET /metrics`.
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
 pub mod api;
 pub mod cli;
@@ -19,11 +23,12 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod scaler;
+pub mod signer;
 pub mod state;
 pub mod supervisor;
 
 pub use config::EngineConfig;
-pub use engine::{Engine, EngineHandle};
+pub use engine::{Engine, EngineHandle, WorkerInfo};
 pub use error::EngineError;
 
 /// The single local account's user id (`user_id` in the web API).

@@ -87,7 +87,7 @@ impl Metrics {
         for ep in registry.endpoints.values() {
             let counts = ep.state_counts();
             for state in WorkerState::ALL {
-                let n = counts.get(&state).copied().unwrap_or(0);
+                let n = counts[state.index()];
                 let _ = writeln!(
                     out,
                     "nullworker_workers{{endpoint=\"{}\",state=\"{}\"}} {n}",
@@ -126,6 +126,40 @@ impl Metrics {
                 "nullworker_queued_cost{{endpoint=\"{}\"}} {}",
                 ep.stored.name,
                 ep.requests.waiting_cost()
+            );
+        }
+        out.push_str("# HELP nullworker_worker_spawns_total Worker processes launched (first starts and restarts).\n# TYPE nullworker_worker_spawns_total counter\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_worker_spawns_total{{endpoint=\"{}\"}} {}",
+                ep.stored.name, ep.spawns
+            );
+        }
+        out.push_str("# HELP nullworker_worker_spawn_failures_total Launches that failed before their worker became IDLE.\n# TYPE nullworker_worker_spawn_failures_total counter\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_worker_spawn_failures_total{{endpoint=\"{}\"}} {}",
+                ep.stored.name, ep.spawn_failures
+            );
+        }
+        out.push_str("# HELP nullworker_spawn_backoff_failures Consecutive failed launches (0: no backoff).\n# TYPE nullworker_spawn_backoff_failures gauge\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_spawn_backoff_failures{{endpoint=\"{}\"}} {}",
+                ep.stored.name,
+                ep.backoff.failures()
+            );
+        }
+        out.push_str("# HELP nullworker_spawn_backoff_seconds Current delay between a failed launch and the next one.\n# TYPE nullworker_spawn_backoff_seconds gauge\n");
+        for ep in registry.endpoints.values() {
+            let _ = writeln!(
+                out,
+                "nullworker_spawn_backoff_seconds{{endpoint=\"{}\"}} {}",
+                ep.stored.name,
+                ep.backoff.delay()
             );
         }
         out.push_str("# HELP nullworker_route_answers_total /route/ answers by kind.\n# TYPE nullworker_route_answers_total counter\n");

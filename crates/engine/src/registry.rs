@@ -1,8 +1,10 @@
 //! Live state of every endpoint: its workers (process phase, last report,
-//! derived state, signed URL), its request table, and the routing candidate
-//! list kept up to date in place so that `/route/` scans a ready slice with
-//! no allocation. Nothing here is persisted; after a restart it is rebuilt
-//! from the database (endpoints) and from worker reports.
+//! derived state, signed URL, control port), its request table, the
+//! [`RouteIndex`] of routable workers, per-state worker counts and the spawn
+//! backoff, all kept up to date in place so that `/route/` costs O(log n)
+//! whatever the number of workers, with no allocation. Nothing here is
+//! persisted; after a restart it is rebuilt from the database (endpoints)
+//! and from worker reports.
 //!
 //! The registry holds no locks and does no I/O; the engine wraps it in one
 //! mutex and calls the policy functions on it.
@@ -11,14 +13,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use nullworker_protocol::messages::{EndpointWorker, WorkerStatus};
+use serde::Serialize;
 
 use crate::db::StoredEndpoint;
 use crate::endpoint::EndpointSettings;
 use crate::policy::autoscale::{EndpointSnapshot, WorkerView};
+use crate::policy::backoff::SpawnBackoff;
 use crate::policy::requests::RequestTable;
-use crate::policy::routing::RouteCandidate;
-use crate::policy::worker_state::{derive_state, ProcessPhase, ReportFacts, WorkerFacts};
-use crate::policy::{EndpointPolicy, EndpointState, WorkerState};
+use crate::policy::routing::{waiting_status_from_counts, RouteCandidate, RouteIndex, StateCounts};
+use crate::policy::worker_state::{derive_state_from, ProcessPhase, ReportFacts, WorkerFacts};
+use crate::policy::{EndpointPolicy, WorkerState};
 use crate::supervisor::Spawned;
 
 /// One worker the engine knows.
@@ -58,6 +62,8 @@ pub struct Worker {
     pub state: WorkerState,
     /// Why it is in ERROR.
     pub error: Option<String>,
+    /// Reached `IDLE` since its current process was spawned.
+    pub idle_this_life: bool,
 }
 
 impl Worker {
@@ -81,6 +87,7 @@ impl Worker {
             stopped_at: None,
             state: WorkerState::Creating,
             error: None,
+            idle_this_life: false,
         }
     }
 
@@ -98,13 +105,29 @@ impl Worker {
             .map_or(0.0, |r| finite_or_zero(r.max_perf))
     }
 
-    fn facts(&self) -> WorkerFacts {
+    /// What the policy's `derive_state` looks at (a copy).
+    pub fn facts(&self) -> WorkerFacts {
         WorkerFacts {
             process: self.process,
             restarted: self.restarted,
             spawned_at: self.spawned_at,
             last_report: self.last_report.clone(),
         }
+    }
+
+    /// `NULL_CONTROL_PORT` of its running processes (the worker's loopback
+    /// `/release` server); `None` for external or stopped workers.
+    pub fn control_port(&self) -> Option<u16> {
+        self.spawned.as_ref().map(|s| s.control_port)
+    }
+
+    /// Process ids of the worker and its consumer, while they run.
+    pub fn pids(&self) -> (Option<i32>, Option<i32>) {
+        let spawned = self.spawned.as_ref();
+        (
+            spawned.map(|s| s.worker.pid),
+            spawned.and_then(|s| s.consumer.as_ref()).map(|c| c.pid),
+        )
     }
 
     /// The `/get_endpoint_workers/` view.
@@ -131,12 +154,32 @@ impl Worker {
     }
 }
 
+/// An error reason without its figures, to tell a new error from the same
+/// one restated ("no report for 31 s" and "no report for 32 s" are one).
+fn error_kind(reason: &str) -> String {
+    reason
+        .chars()
+        .filter(|c| !c.is_ascii_digit() && *c != '.')
+        .collect()
+}
+
 fn finite_or_zero(v: f64) -> f64 {
     if v.is_finite() && v > 0.0 {
         v
     } else {
         0.0
     }
+}
+
+/// One element of `/get_endpoint_workers/`: the §3.5 fields plus the
+/// engine's extras (clients that do not know them ignore them).
+#[derive(Debug, Clone, Serialize)]
+pub struct WireWorker {
+    /// The §3.5 fields.
+    #[serde(flatten)]
+    pub worker: EndpointWorker,
+    /// The worker's `NULL_CONTROL_PORT` (`POST /release` on 127.0.0.1).
+    pub control_port: Option<u16>,
 }
 
 /// A state change worth logging and recording.
@@ -163,13 +206,24 @@ pub struct Endpoint {
     pub workers: BTreeMap<i64, Worker>,
     /// The `/route/` request table.
     pub requests: RequestTable,
-    /// Routable workers (IDLE, signed URL), kept in place.
-    pub candidates: Vec<RouteCandidate>,
-    candidate_pos: HashMap<i64, usize>,
+    /// Routable workers (IDLE, running, signed URL), kept in place.
+    route_index: RouteIndex,
+    /// Workers per state, kept in place.
+    state_counts: StateCounts,
+    /// Reused buffer for the request table's changed workers.
+    scratch: Vec<i64>,
     /// Last activity for `inactivity_timeout`.
     pub last_activity: f64,
     /// The last `max_perf` seen.
     pub last_perf: Option<f64>,
+    /// Consecutive launches that failed before their worker became IDLE.
+    pub backoff: SpawnBackoff,
+    /// The backoff as last logged (`failures`), so it is logged once per change.
+    pub backoff_logged: u32,
+    /// Processes launched (worker spawns, first or restarted).
+    pub spawns: u64,
+    /// Launches that failed before their worker became IDLE.
+    pub spawn_failures: u64,
 }
 
 /// The policy parameters of an endpoint's settings.
@@ -188,11 +242,7 @@ pub fn policy_of(
         max_queue_time: settings.max_queue_time,
         target_queue_time: settings.target_queue_time,
         inactivity_timeout: settings.inactivity_timeout,
-        state: match settings.endpoint_state {
-            nullworker_protocol::messages::EndpointState::Active => EndpointState::Active,
-            nullworker_protocol::messages::EndpointState::Suspended => EndpointState::Suspended,
-            nullworker_protocol::messages::EndpointState::Stopped => EndpointState::Stopped,
-        },
+        state: settings.endpoint_state,
         scale_down_delay,
         stale_after,
     }
@@ -206,11 +256,52 @@ impl Endpoint {
             policy,
             workers: BTreeMap::new(),
             requests: RequestTable::starting_at(first_idx),
-            candidates: Vec::new(),
-            candidate_pos: HashMap::new(),
+            route_index: RouteIndex::new(),
+            state_counts: [0; WorkerState::ALL.len()],
+            scratch: Vec::new(),
             last_activity: now,
             last_perf: None,
+            backoff: SpawnBackoff::new(),
+            backoff_logged: 0,
+            spawns: 0,
+            spawn_failures: 0,
         }
+    }
+
+    /// Adds a worker (its state is counted).
+    pub fn insert_worker(&mut self, worker: Worker) {
+        self.state_counts[worker.state.index()] += 1;
+        if let Some(old) = self.workers.insert(worker.id, worker) {
+            self.state_counts[old.state.index()] -= 1;
+        }
+    }
+
+    /// Removes a worker and its routing entry.
+    pub fn take_worker(&mut self, id: i64) -> Option<Worker> {
+        self.route_index.remove(id);
+        let w = self.workers.remove(&id)?;
+        self.state_counts[w.state.index()] -= 1;
+        Some(w)
+    }
+
+    /// The worker for a request of `cost`, in O(log n).
+    pub fn choose(&self, cost: f64) -> Option<i64> {
+        self.route_index.choose(cost, &self.policy)
+    }
+
+    /// The worker is routable now.
+    pub fn is_routable(&self, id: i64) -> bool {
+        self.route_index.contains(id)
+    }
+
+    /// Number of routable workers.
+    pub fn routable_len(&self) -> usize {
+        self.route_index.len()
+    }
+
+    /// The `status` of a WAITING answer, in O(1).
+    pub fn waiting_status(&self) -> String {
+        waiting_status_from_counts(self.policy.state, &self.state_counts)
     }
 
     fn carrying(&self, w: &Worker) -> bool {
@@ -229,9 +320,29 @@ impl Endpoint {
             self.carrying(w)
         };
         let w = self.workers.get_mut(&id)?;
-        let (state, reason) = derive_state(&w.facts(), now, stale_after);
+        let (state, reason) = derive_state_from(
+            w.process,
+            w.restarted,
+            w.spawned_at,
+            w.last_report.as_ref(),
+            now,
+            stale_after,
+        );
         let from = w.state;
         w.state = state;
+        if from != state {
+            self.state_counts[from.index()] -= 1;
+            self.state_counts[state.index()] += 1;
+            if !w.external {
+                if state == WorkerState::Idle {
+                    w.idle_this_life = true;
+                    self.backoff.reset();
+                } else if state == WorkerState::Error && !w.idle_this_life {
+                    self.backoff.record_failure(now);
+                    self.spawn_failures += 1;
+                }
+            }
+        }
         if state == WorkerState::Idle {
             if w.loaded_at.is_none() {
                 w.loaded_at = Some(now);
@@ -244,12 +355,15 @@ impl Endpoint {
         } else {
             w.idle_since = None;
         }
-        let transition = if from != state
-            || (state == WorkerState::Error && w.error != reason && reason.is_some())
-        {
-            if state == WorkerState::Error {
-                w.error = reason.clone();
-            }
+        // A new kind of error is worth recording; the same one with an
+        // updated figure (e.g. seconds without a report) is not.
+        let new_error = state == WorkerState::Error
+            && reason.is_some()
+            && w.error.as_deref().map(error_kind) != reason.as_deref().map(error_kind);
+        if state == WorkerState::Error && reason.is_some() {
+            w.error.clone_from(&reason);
+        }
+        let transition = if from != state || new_error {
             Some(Transition {
                 worker: id,
                 from,
@@ -275,16 +389,21 @@ impl Endpoint {
             .collect()
     }
 
-    /// Takes the request table's changed workers into the candidate list.
+    /// Takes the request table's changed workers into the route index.
+    /// Allocates nothing once its buffer has grown.
     pub fn apply_request_changes(&mut self) {
-        for id in self.requests.drain_changed() {
+        let mut changed = std::mem::take(&mut self.scratch);
+        self.requests.drain_changed_into(&mut changed);
+        for &id in &changed {
             self.sync_candidate(id);
         }
+        changed.clear();
+        self.scratch = changed;
     }
 
-    /// Puts the worker in, or takes it out of, the candidate list.
+    /// Files the worker in, or takes it out of, the route index. O(log n).
     pub fn sync_candidate(&mut self, id: i64) {
-        let entry = self.workers.get(&id).and_then(|w| {
+        let candidate = self.workers.get(&id).and_then(|w| {
             let routable = w.state == WorkerState::Idle
                 && w.process == ProcessPhase::Running
                 && w.url.is_some()
@@ -297,51 +416,75 @@ impl Endpoint {
                 max_perf: w.max_perf(),
             })
         });
-        match (entry, self.candidate_pos.get(&id).copied()) {
-            (Some(c), Some(pos)) => self.candidates[pos] = c,
-            (Some(c), None) => {
-                self.candidate_pos.insert(id, self.candidates.len());
-                self.candidates.push(c);
-            }
-            (None, Some(pos)) => {
-                self.candidates.swap_remove(pos);
-                self.candidate_pos.remove(&id);
-                if let Some(moved) = self.candidates.get(pos) {
-                    self.candidate_pos.insert(moved.id, pos);
-                }
-            }
-            (None, None) => {}
+        match candidate {
+            Some(c) => self.route_index.upsert(&c),
+            None => self.route_index.remove(id),
         }
     }
 
     /// Stops routing to a worker at once (it is being stopped or has died).
     pub fn unroute(&mut self, id: i64) {
-        if let Some(pos) = self.candidate_pos.remove(&id) {
-            self.candidates.swap_remove(pos);
-            if let Some(moved) = self.candidates.get(pos) {
-                self.candidate_pos.insert(moved.id, pos);
+        self.route_index.remove(id);
+    }
+
+    /// The autoscaler's view of one worker.
+    pub fn view(&self, w: &Worker) -> WorkerView {
+        WorkerView {
+            id: w.id,
+            state: w.state,
+            load: w.reported_load() + self.requests.pending_cost(w.id),
+            carrying: self.carrying(w),
+            idle_since: w.idle_since,
+            loaded_at: w.loaded_at,
+            stopped_at: w.stopped_at,
+            created_at: w.created_at,
+            max_perf: (w.max_perf() > 0.0).then(|| w.max_perf()),
+            external: w.external,
+        }
+    }
+
+    /// The worker carries work: reported load, an assignment in the table,
+    /// or request indexes in its last report.
+    pub fn is_carrying(&self, id: i64) -> bool {
+        self.workers.get(&id).is_some_and(|w| self.carrying(w))
+    }
+
+    /// Re-derives at most `max` workers with ids above `after` (all ids when
+    /// `None`), in id order, appending their transitions and autoscaler
+    /// views. Returns the last id handled, or `None` when no worker was
+    /// left. The scaler calls it in a loop, releasing the lock between
+    /// calls, so that the lock is never held for O(workers).
+    pub fn refresh_chunk(
+        &mut self,
+        after: Option<i64>,
+        max: usize,
+        now: f64,
+        views: &mut Vec<WorkerView>,
+        transitions: &mut Vec<Transition>,
+    ) -> Option<i64> {
+        use std::ops::Bound;
+        let lower = match after {
+            Some(id) => Bound::Excluded(id),
+            None => Bound::Unbounded,
+        };
+        let ids: Vec<i64> = self
+            .workers
+            .range((lower, Bound::Unbounded))
+            .take(max)
+            .map(|(id, _)| *id)
+            .collect();
+        for &id in &ids {
+            transitions.extend(self.refresh(id, now));
+            if let Some(w) = self.workers.get(&id) {
+                views.push(self.view(w));
             }
         }
+        ids.last().copied()
     }
 
     /// The autoscaler's view of this endpoint.
     pub fn snapshot(&self, now: f64) -> EndpointSnapshot {
-        let workers = self
-            .workers
-            .values()
-            .map(|w| WorkerView {
-                id: w.id,
-                state: w.state,
-                load: w.reported_load() + self.requests.pending_cost(w.id),
-                carrying: self.carrying(w),
-                idle_since: w.idle_since,
-                loaded_at: w.loaded_at,
-                stopped_at: w.stopped_at,
-                created_at: w.created_at,
-                max_perf: (w.max_perf() > 0.0).then(|| w.max_perf()),
-                external: w.external,
-            })
-            .collect();
+        let workers = self.workers.values().map(|w| self.view(w)).collect();
         EndpointSnapshot {
             now,
             policy: self.policy.clone(),
@@ -353,20 +496,19 @@ impl Endpoint {
     }
 
     /// The `/get_endpoint_workers/` array.
-    pub fn wire_workers(&self) -> Vec<EndpointWorker> {
+    pub fn wire_workers(&self) -> Vec<WireWorker> {
         self.workers
             .values()
-            .map(|w| w.wire_view(self.requests.pending_cost(w.id)))
+            .map(|w| WireWorker {
+                worker: w.wire_view(self.requests.pending_cost(w.id)),
+                control_port: w.control_port(),
+            })
             .collect()
     }
 
-    /// Workers per state.
-    pub fn state_counts(&self) -> BTreeMap<WorkerState, usize> {
-        let mut counts = BTreeMap::new();
-        for w in self.workers.values() {
-            *counts.entry(w.state).or_insert(0) += 1;
-        }
-        counts
+    /// Workers per state, indexed by [`WorkerState::index`].
+    pub fn state_counts(&self) -> &StateCounts {
+        &self.state_counts
     }
 }
 
@@ -409,7 +551,7 @@ impl Registry {
     pub fn add_worker(&mut self, endpoint_id: i64, worker: Worker) {
         if let Some(ep) = self.endpoints.get_mut(&endpoint_id) {
             self.worker_endpoint.insert(worker.id, endpoint_id);
-            ep.workers.insert(worker.id, worker);
+            ep.insert_worker(worker);
         }
     }
 
@@ -420,7 +562,7 @@ impl Registry {
         endpoint.unroute(worker_id);
         endpoint.requests.forget_worker(worker_id);
         endpoint.apply_request_changes();
-        endpoint.workers.remove(&worker_id)
+        endpoint.take_worker(worker_id)
     }
 
     /// Removes an endpoint and returns it (its workers must then be stopped).
@@ -489,27 +631,52 @@ mod tests {
     }
 
     #[test]
-    fn candidates_follow_state_and_pending_cost() {
+    fn route_index_follows_state_and_pending_cost() {
         let mut ep = endpoint();
         for id in [1, 2, 3] {
-            ep.workers.insert(id, ready_worker(id, 1.0));
+            ep.insert_worker(ready_worker(id, 1.0));
             ep.refresh(id, 1.0);
         }
-        assert_eq!(ep.candidates.len(), 3);
+        assert_eq!(ep.routable_len(), 3);
+        assert_eq!(ep.state_counts()[WorkerState::Idle.index()], 3);
+        // Seed policy: a free worker takes cost 100; one with 100 pending does not.
         let idx = ep.requests.route(0, 100.0, 60.0, 1.0);
-        ep.requests.assign(idx, 2, 100.0, 1.0);
+        ep.requests.assign(idx, 1, 100.0, 1.0);
         ep.apply_request_changes();
-        let c2 = ep.candidates.iter().find(|c| c.id == 2).unwrap();
-        assert_eq!(c2.pending_cost, 100.0);
-        ep.unroute(1);
-        assert_eq!(ep.candidates.len(), 2);
-        assert!(ep.candidates.iter().all(|c| c.id != 1));
+        assert_eq!(ep.choose(100.0), Some(2));
+        ep.unroute(2);
+        assert!(!ep.is_routable(2));
+        assert_eq!(ep.choose(100.0), Some(3));
         // Stale reports make a worker ERROR and unroutable.
         let t = ep.refresh(3, 1000.0).unwrap();
         assert_eq!(t.to, WorkerState::Error);
-        assert!(ep.candidates.iter().all(|c| c.id != 3));
-        for (pos, c) in ep.candidates.iter().enumerate() {
-            assert_eq!(ep.candidate_pos[&c.id], pos);
-        }
+        assert!(!ep.is_routable(3));
+        assert_eq!(ep.choose(100.0), None);
+        assert_eq!(ep.state_counts()[WorkerState::Error.index()], 1);
+        assert_eq!(
+            ep.waiting_status(),
+            "waiting: 2 ready, 0 loading, 0 stopped, 1 error"
+        );
+        ep.take_worker(3);
+        assert_eq!(ep.state_counts().iter().sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn workers_failing_before_idle_back_off_and_idle_resets() {
+        let mut ep = endpoint();
+        // Exits before ever reporting: a failed launch.
+        let mut w = Worker::launched(1, "t".into(), 0.0);
+        w.process = ProcessPhase::Exited { expected: false };
+        ep.insert_worker(w);
+        ep.refresh(1, 0.0);
+        assert_eq!(ep.backoff.failures(), 1);
+        assert!(!ep.backoff.allows(0.5));
+        // An IDLE worker resets it; its later ERROR is not a launch failure.
+        ep.insert_worker(ready_worker(2, 1.0));
+        ep.refresh(2, 1.0);
+        assert_eq!(ep.backoff.failures(), 0);
+        ep.refresh(2, 1000.0);
+        assert_eq!(ep.backoff.failures(), 0);
+        assert_eq!(ep.spawn_failures, 1);
     }
 }

@@ -4,9 +4,13 @@
 //! process under the worker's directory, exit watching, and stopping
 //! (SIGTERM to the process group, SIGKILL after a grace).
 //!
-//! Each process leads its own process group, so stopping it also stops what
-//! it started. A pidfile per worker lets the next engine start kill anything
-//! a crashed engine left running. What to spawn or stop is decided elsewhere
+//! A shell command line runs as `/bin/sh -c '<line>'` (not `exec`'d, so a
+//! compound line like `a; b` runs whole). Each process leads its own process
+//! group, and stopping signals the whole group (SIGTERM, then SIGKILL after
+//! the grace, then SIGKILL to anything left in the group), so the shell, its
+//! children and what they started all stop. A pidfile per worker lets the
+//! next engine start kill anything a crashed engine left running, including
+//! group members that outlived their shell. What to spawn or stop is decided elsewhere
 //! (`scaler`); this module only carries it out and reports exits.
 
 use std::fs::{self, OpenOptions};
@@ -140,9 +144,17 @@ fn pidfile(state_dir: &Path, worker_id: i64) -> PathBuf {
     worker_dir(state_dir, worker_id).join("pids")
 }
 
+/// Whether any process is in process group `pgid`.
+fn group_exists(pgid: i32) -> bool {
+    pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
 /// Kills every process group recorded in worker pidfiles under `state_dir`
-/// that is still the same process (a previous engine died without stopping
-/// them). Returns how many were killed.
+/// that is still ours (a previous engine died without stopping them):
+/// the leader is the same process (same start time), or the leader is gone
+/// but members of its group remain (Linux does not reuse a pid while a
+/// group of that id exists, so those are the old group's). Returns how
+/// many groups were killed.
 pub async fn reap_stale(state_dir: &Path) -> usize {
     let mut killed = 0;
     let Ok(entries) = fs::read_dir(state_dir.join("workers")) else {
@@ -162,7 +174,14 @@ pub async fn reap_stale(state_dir: &Path) -> usize {
             let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
                 continue;
             };
-            if pid > 1 && process_start_time(pid) == Some(start) {
+            if pid <= 1 {
+                continue;
+            }
+            let ours = match process_start_time(pid) {
+                Some(now_start) => now_start == start,
+                None => group_exists(pid),
+            };
+            if ours {
                 groups.push(pid);
             }
         }
@@ -178,7 +197,7 @@ pub async fn reap_stale(state_dir: &Path) -> usize {
     // Give them a moment, then make sure.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
     for pid in &groups {
-        while process_start_time(*pid).is_some() && tokio::time::Instant::now() < deadline {
+        while group_exists(*pid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
@@ -508,15 +527,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (sup, mut rx) = supervisor(dir.path(), Duration::from_millis(300));
         let template = WorkerTemplate {
-            // Ignores SIGTERM and has a child of its own.
-            worker_command: Some("trap '' TERM; echo trapped; sleep 1000 & wait".into()),
+            // Ignores SIGTERM and has a child of its own. (The log's header
+            // line holds the command, so the marker is computed.)
+            worker_command: Some("trap '' TERM; echo trapped-$((40+2)); sleep 1000 & wait".into()),
             ..Default::default()
         };
         let spawned = sup.spawn(3, "t", &template).unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !fs::read_to_string(sup.log_path(3, ProcKind::Worker))
             .unwrap()
-            .contains("trapped")
+            .contains("trapped-42")
         {
             assert!(std::time::Instant::now() < deadline, "shell never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -538,6 +558,102 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Live (not zombie) processes of process group `pgid`.
+    fn live_group_members(pgid: i32) -> Vec<(i32, String)> {
+        let mut members = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_owned();
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            // After the name: state (field 3), ppid (4), pgrp (5).
+            if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+                members.push((pid, comm));
+            }
+        }
+        members
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_compound_command_runs_whole_and_stops_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, _rx) = supervisor(dir.path(), Duration::from_secs(5));
+        let template = WorkerTemplate {
+            worker_command: Some("echo first-$((40+2)); sleep 1000; true".into()),
+            consumer_command: Some("sleep 1000; true".into()),
+            ..Default::default()
+        };
+        let spawned = sup.spawn(4, "t", &template).unwrap();
+        let consumer = spawned.consumer.clone().unwrap();
+        // The shell runs the line (it does not exec its first command): a
+        // `sleep` child shows up in each process group.
+        let mut sleeps = Vec::new();
+        for pgid in [spawned.worker.pid, consumer.pid] {
+            let mut found = None;
+            wait_until("a sleep in the group", || {
+                found = live_group_members(pgid)
+                    .into_iter()
+                    .find(|(pid, comm)| *pid != pgid && comm == "sleep")
+                    .map(|(pid, _)| pid);
+                found.is_some()
+            });
+            sleeps.push(found.unwrap());
+        }
+        let log = fs::read_to_string(sup.log_path(4, ProcKind::Worker)).unwrap();
+        assert!(log.contains("first-42"), "{log}");
+        sup.stop(4, &spawned).await;
+        for pid in sleeps {
+            wait_until("the sleep to be gone", || {
+                !live_group_members(spawned.worker.pid)
+                    .iter()
+                    .chain(live_group_members(consumer.pid).iter())
+                    .any(|(p, _)| *p == pid)
+            });
+        }
+        assert!(live_group_members(spawned.worker.pid).is_empty());
+        assert!(live_group_members(consumer.pid).is_empty());
+    }
+
+    #[tokio::test]
+    async fn reap_stale_kills_group_members_that_outlived_their_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, mut rx) = supervisor(dir.path(), Duration::from_secs(5));
+        let template = WorkerTemplate {
+            worker_command: Some("sleep 1000 & echo started".into()),
+            ..Default::default()
+        };
+        let spawned = sup.spawn(5, "t", &template).unwrap();
+        let pgid = spawned.worker.pid;
+        // The shell exits at once, leaving its background sleep behind.
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.kind, ProcKind::Worker);
+        wait_until("the orphaned sleep", || {
+            live_group_members(pgid).iter().any(|(_, c)| c == "sleep")
+        });
+        assert_eq!(reap_stale(dir.path()).await, 1);
+        wait_until("the group to be gone", || {
+            live_group_members(pgid).is_empty()
+        });
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! End-to-end tests of `nullworker engine` with real worker processes
 //! (`nullworker serve`): scaling from zero and back, concurrency, the
-//! `max_workers` cap, replacement of broken workers, restarts, bad input and
-//! the `nullworker endpoint` CLI.
+//! `max_workers` cap, replacement of broken workers, the spawn backoff,
+//! control ports, restarts, bad input and the `nullworker endpoint` CLI.
 
 use std::time::Duration;
 
@@ -97,6 +97,15 @@ fn engine_scales_from_zero_holds_a_session_and_returns_to_zero() {
     let workers = live_workers(&engine, &ep);
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert_eq!(workers[0]["url"], ready["url"]);
+    // Each worker's control port is listed, and it is the worker's.
+    let control_port = workers[0]["control_port"].as_u64().expect("control_port");
+    let detail = engine.workers_detail(&ep);
+    assert_eq!(detail[0]["control_port"].as_u64(), Some(control_port));
+    let resp = http()
+        .get(format!("http://127.0.0.1:{control_port}/health"))
+        .send()
+        .expect("control port health");
+    assert!(resp.status().is_success(), "{}", resp.status());
     wait_for("the worker to report the session", LONG, || {
         let w = engine.workers(&ep);
         (w.len() == 1 && w[0]["cur_load"].as_f64() == Some(100.0) && w[0]["reqs_working"] == 1)
@@ -293,6 +302,82 @@ fn engine_replaces_a_worker_whose_consumer_health_fails() {
             "nullworker_scale_actions_total{action=\"destroy\",reason=\"error_replaced\"}"
         ) >= 1.0,
         "{m}"
+    );
+}
+
+/// The endpoint's `spawn_backoff` as `endpoint show` (GET endptjobs) gives it.
+fn backoff(engine: &EngineGuard, ep: &TestEndpoint) -> Value {
+    let (status, v) = engine.api(Method::GET, &format!("/api/v0/endptjobs/{}/", ep.id), None);
+    assert_eq!(status, 200, "{v}");
+    v["result"]["spawn_backoff"].clone()
+}
+
+#[test]
+fn engine_backs_off_a_worker_command_that_exits_at_once() {
+    let engine = EngineGuard::start();
+    // One worker is always wanted; its command exits at once.
+    let ep = engine.create_seed_endpoint(
+        "crashing",
+        json!({"inactivity_timeout": -1, "worker_command": "exit 3"}),
+    );
+    // Watch each failure: the time of the k-th and the delay it imposes.
+    let mut seen: Vec<(f64, f64)> = Vec::new();
+    wait_for("three failed launches", Duration::from_secs(120), || {
+        let b = backoff(&engine, &ep);
+        let failures = b["failures"].as_u64().unwrap_or(0) as usize;
+        if failures > seen.len() {
+            assert_eq!(failures, seen.len() + 1, "a failure was skipped: {b}");
+            let at = b["last_failure_at"].as_f64().expect("last_failure_at");
+            let delay = b["delay"].as_f64().expect("delay");
+            assert_eq!(b["retry_at"].as_f64(), Some(at + delay), "{b}");
+            // Launches are counted; none is made while held back.
+            assert!(b["spawns"].as_u64().unwrap() <= failures as u64 + 1, "{b}");
+            seen.push((at, delay));
+        }
+        (seen.len() >= 3).then_some(())
+    });
+    // The delay doubles, and the engine waited at least that long before
+    // the next launch (a loaded machine only makes the gaps longer).
+    let delays: Vec<f64> = seen.iter().map(|(_, d)| *d).collect();
+    assert_eq!(delays, [1.0, 2.0, 4.0]);
+    for k in 0..2 {
+        let gap = seen[k + 1].0 - seen[k].0;
+        assert!(
+            gap >= seen[k].1,
+            "launch {} came {gap} s after failure {k}",
+            k + 2
+        );
+    }
+    let m = engine.metrics();
+    assert!(
+        metric(
+            &m,
+            "nullworker_spawn_backoff_seconds{endpoint=\"crashing\"}"
+        ) >= 4.0,
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "nullworker_worker_spawn_failures_total{endpoint=\"crashing\"}"
+        ) >= 3.0,
+        "{m}"
+    );
+    // A working command: the next launch succeeds and clears the backoff.
+    let (status, v) = engine.api(
+        Method::PUT,
+        &format!("/api/v0/endptjobs/{}/", ep.id),
+        Some(json!({"worker_command": null})),
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_for(
+        "a ready worker clears the backoff",
+        Duration::from_secs(120),
+        || {
+            let idle = engine.workers(&ep).iter().any(|w| w["status"] == "IDLE");
+            let b = backoff(&engine, &ep);
+            (idle && b["failures"] == 0 && b["retry_at"].is_null()).then_some(())
+        },
     );
 }
 
@@ -517,6 +602,16 @@ fn engine_endpoint_cli_creates_lists_and_shows_workers_and_logs() {
         table.contains("IDLE") && table.contains("http://127.0.0.1:"),
         "{table}"
     );
+    let control_port = engine
+        .workers(&ep)
+        .iter()
+        .find(|w| w["status"] == "IDLE")
+        .and_then(|w| w["control_port"].as_u64())
+        .expect("control port of the IDLE worker");
+    assert!(table.contains("CONTROL"), "{table}");
+    assert!(table.contains(&format!(" {control_port} ")), "{table}");
+    let show: Value = serde_json::from_str(&cli(&["show", "clied"])).unwrap();
+    assert_eq!(show["spawn_backoff"]["failures"], 0, "{show}");
     let logs = wait_for("worker logs", LONG, || {
         let logs = cli(&["logs", "clied"]);
         logs.contains("===== worker").then_some(logs)

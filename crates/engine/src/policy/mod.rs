@@ -10,14 +10,17 @@
 //!
 //! * [`autoscale`]: how many workers an endpoint wants, and which to create,
 //!   start, stop or destroy ([`autoscale::decide`]).
-//! * [`routing`]: which worker takes a request ([`routing::choose_worker`]).
+//! * [`routing`]: which worker takes a request ([`routing::choose_worker`],
+//!   or [`routing::RouteIndex`] in O(log n)).
 //! * [`requests`]: the request table of `/route/` (`request_idx`, replays,
 //!   waiting requests, assignments not yet visible in reports).
 //! * [`worker_state`]: a worker's state derived from its process and reports.
+//! * [`backoff`]: how long launches wait after consecutive failed workers.
 //!
 //! The policy is documented, with worked examples, in `docs/engine-policy.md`.
 
 pub mod autoscale;
+pub mod backoff;
 pub mod requests;
 pub mod routing;
 pub mod worker_state;

@@ -476,6 +476,12 @@ impl RequestTable {
         self.changed.drain().collect()
     }
 
+    /// Like [`drain_changed`](Self::drain_changed), appending to `out` (a
+    /// buffer the caller reuses, so the `/route/` path does not allocate).
+    pub fn drain_changed_into(&mut self, out: &mut Vec<i64>) {
+        out.extend(self.changed.drain());
+    }
+
     fn schedule(&mut self, idx: u64, at: f64) {
         self.deadlines.push(Reverse(Deadline { at, idx }));
     }

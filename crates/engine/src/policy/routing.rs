@@ -251,25 +251,39 @@ impl RouteIndex {
     }
 }
 
+/// Workers of an endpoint per state, indexed by [`WorkerState::index`].
+pub type StateCounts = [usize; WorkerState::ALL.len()];
+
 /// The `status` text of a WAITING answer: `"endpoint stopped"`, or a count of
 /// workers by kind, e.g. `"waiting: 0 ready, 1 loading, 0 stopped, 0 error"`.
 pub fn waiting_status(
     state: EndpointState,
     workers: impl IntoIterator<Item = WorkerState>,
 ) -> String {
+    let mut counts: StateCounts = [0; WorkerState::ALL.len()];
+    for worker in workers {
+        counts[worker.index()] += 1;
+    }
+    waiting_status_from_counts(state, &counts)
+}
+
+/// [`waiting_status`] from per-state counts kept by the caller, so that a
+/// WAITING answer costs O(1) however many workers the endpoint has.
+pub fn waiting_status_from_counts(state: EndpointState, counts: &StateCounts) -> String {
     if state == EndpointState::Stopped {
         return "endpoint stopped".to_owned();
     }
-    let (mut ready, mut loading, mut stopped, mut error) = (0u32, 0u32, 0u32, 0u32);
-    for worker in workers {
+    let (mut ready, mut loading, mut stopped, mut error) = (0usize, 0usize, 0usize, 0usize);
+    for worker in WorkerState::ALL {
+        let n = counts[worker.index()];
         match worker {
-            WorkerState::Idle => ready += 1,
+            WorkerState::Idle => ready += n,
             WorkerState::Creating
             | WorkerState::Loading
             | WorkerState::ModelLoading
-            | WorkerState::Starting => loading += 1,
-            WorkerState::Stopping | WorkerState::Stopped => stopped += 1,
-            WorkerState::Error | WorkerState::Destroying => error += 1,
+            | WorkerState::Starting => loading += n,
+            WorkerState::Stopping | WorkerState::Stopped => stopped += n,
+            WorkerState::Error | WorkerState::Destroying => error += n,
         }
     }
     let prefix = if state == EndpointState::Suspended {
@@ -413,6 +427,9 @@ mod tests {
             waiting_status(EndpointState::Stopped, states),
             "endpoint stopped"
         );
+        for (i, state) in WorkerState::ALL.into_iter().enumerate() {
+            assert_eq!(state.index(), i, "{state}");
+        }
     }
 
     fn candidate() -> impl Strategy<Value = RouteCandidate> {

@@ -48,6 +48,11 @@ impl WorkerState {
         WorkerState::Destroying,
     ];
 
+    /// Position in [`WorkerState::ALL`], for per-state counters.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The log/CLI name, e.g. `"MODEL_LOADING"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -167,7 +172,28 @@ pub fn derive_state(
     now: f64,
     stale_after: f64,
 ) -> (WorkerState, Option<String>) {
-    match facts.process {
+    derive_state_from(
+        facts.process,
+        facts.restarted,
+        facts.spawned_at,
+        facts.last_report.as_ref(),
+        now,
+        stale_after,
+    )
+}
+
+/// [`derive_state`] on the facts passed one by one, so a caller that keeps
+/// them in its own structure does not clone the report (the scaler
+/// re-derives every worker each second).
+pub fn derive_state_from(
+    process: ProcessPhase,
+    restarted: bool,
+    spawned_at: Option<f64>,
+    last_report: Option<&ReportFacts>,
+    now: f64,
+    stale_after: f64,
+) -> (WorkerState, Option<String>) {
+    match process {
         ProcessPhase::NotSpawned => (WorkerState::Creating, None),
         ProcessPhase::Stopping => (WorkerState::Stopping, None),
         ProcessPhase::Stopped | ProcessPhase::Exited { expected: true } => {
@@ -178,25 +204,30 @@ pub fn derive_state(
             WorkerState::Error,
             Some("worker process exited unexpectedly".to_owned()),
         ),
-        ProcessPhase::Running => running_state(facts, now, stale_after),
+        ProcessPhase::Running => {
+            running_state(restarted, spawned_at, last_report, now, stale_after)
+        }
     }
 }
 
-fn running_state(facts: &WorkerFacts, now: f64, stale_after: f64) -> (WorkerState, Option<String>) {
-    let not_ready = if facts.restarted {
+fn running_state(
+    restarted: bool,
+    spawned_at: Option<f64>,
+    last_report: Option<&ReportFacts>,
+    now: f64,
+    stale_after: f64,
+) -> (WorkerState, Option<String>) {
+    let not_ready = if restarted {
         WorkerState::Starting
     } else {
         WorkerState::ModelLoading
     };
-    let report = facts
-        .last_report
-        .as_ref()
-        .filter(|report| match facts.spawned_at {
-            Some(spawned) => report.at >= spawned,
-            None => true,
-        });
+    let report = last_report.filter(|report| match spawned_at {
+        Some(spawned) => report.at >= spawned,
+        None => true,
+    });
     let Some(report) = report else {
-        if let Some(spawned) = facts.spawned_at {
+        if let Some(spawned) = spawned_at {
             let silent = now - spawned;
             if silent > stale_after {
                 return (
@@ -207,7 +238,7 @@ fn running_state(facts: &WorkerFacts, now: f64, stale_after: f64) -> (WorkerStat
                 );
             }
         }
-        let state = if facts.restarted {
+        let state = if restarted {
             WorkerState::Starting
         } else {
             WorkerState::Loading
