@@ -74,10 +74,6 @@ struct Args {
     /// Skip the scale-from-zero measurement.
     #[arg(long)]
     no_scale_from_zero: bool,
-
-    /// Exit with status 1 when a target is missed (not only on errors).
-    #[arg(long)]
-    strict: bool,
 }
 
 const METRICS: &[Metric] = &[
@@ -180,34 +176,16 @@ const COST: u32 = 100;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match args.common.runtime() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("engine bench: error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("engine bench: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("engine bench", args.common.runtime(), run(args))
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let quick = args.common.quick;
-    let secs = |value: Option<f64>, normal: f64, small: f64, flag: &str| {
-        let v = value.unwrap_or(if quick { small } else { normal });
-        if !(v.is_finite() && v >= 0.0) {
-            bail!("--{flag} {v}: expected a non-negative number of seconds");
-        }
-        Ok(Duration::from_secs_f64(v))
-    };
     let phase = Phase {
-        warmup: secs(args.warmup_secs, 1.0, 0.2, "warmup-secs")?,
-        measure: secs(args.route_secs, 5.0, 1.0, "route-secs")?,
+        warmup: args
+            .common
+            .secs(args.warmup_secs, 1.0, 0.2, "warmup-secs")?,
+        measure: args.common.secs(args.route_secs, 5.0, 1.0, "route-secs")?,
     };
     let runs = args.common.runs();
     let mut saved = SavedRun::new(
@@ -317,24 +295,15 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         args.workers, args.small_workers, args.connections
     );
     let failed = report::print_results(&saved, METRICS, "ours", None);
-    if let Some(path) = &args.common.compare {
-        let old = SavedRun::load(path)?;
-        report::print_comparison(&old, &saved, METRICS);
-    }
-    if let Some(path) = &args.common.save {
-        saved.save(path)?;
-        println!("\nsaved to {}", path.display());
-    }
     drop(engine);
-    if errors > 0 {
-        eprintln!("engine bench: {errors} operation(s) failed; see above");
-        return Ok(ExitCode::FAILURE);
-    }
-    if args.strict && failed > 0 {
-        eprintln!("engine bench: {failed} target(s) missed");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    report::finish(
+        "engine bench",
+        &args.common,
+        &saved,
+        METRICS,
+        failed,
+        errors,
+    )
 }
 
 // ---------------------------------------------------------------------------

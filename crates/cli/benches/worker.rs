@@ -104,10 +104,6 @@ struct Args {
     /// Seconds a spawned worker may take to send its first ready report.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     ready_timeout: f64,
-
-    /// Exit with status 1 when a target is missed (not only on errors).
-    #[arg(long)]
-    strict: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -240,22 +236,17 @@ struct Timings {
 impl Timings {
     fn from_args(args: &Args) -> anyhow::Result<Timings> {
         let quick = args.common.quick;
-        let secs = |value: Option<f64>, normal: f64, small: f64, flag: &str| {
-            let v = value.unwrap_or(if quick { small } else { normal });
-            if !(v.is_finite() && v >= 0.0) {
-                bail!("--{flag} {v}: expected a non-negative number of seconds");
-            }
-            Ok(Duration::from_secs_f64(v))
-        };
-        let warmup = secs(args.warmup_secs, 1.0, 0.2, "warmup-secs")?;
+        let warmup = args
+            .common
+            .secs(args.warmup_secs, 1.0, 0.2, "warmup-secs")?;
         Ok(Timings {
             cycles: Phase {
                 warmup,
-                measure: secs(args.cycle_secs, 3.0, 0.5, "cycle-secs")?,
+                measure: args.common.secs(args.cycle_secs, 3.0, 0.5, "cycle-secs")?,
             },
             ping: Phase {
                 warmup,
-                measure: secs(args.ping_secs, 5.0, 1.0, "ping-secs")?,
+                measure: args.common.secs(args.ping_secs, 5.0, 1.0, "ping-secs")?,
             },
             idle_settle: Duration::from_secs_f64(if quick { 0.3 } else { 1.0 }),
             after_load_settle: Duration::from_millis(500),
@@ -265,20 +256,7 @@ impl Timings {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match args.common.runtime() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("worker bench: error: cannot start the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("worker bench: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::main("worker bench", args.common.runtime(), run(args))
 }
 
 fn repo_root() -> PathBuf {
@@ -353,23 +331,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     println!();
     let failed = report::print_results(&saved, METRICS, primary, reference);
-    if let Some(path) = &args.common.compare {
-        let old = SavedRun::load(path)?;
-        report::print_comparison(&old, &saved, METRICS);
-    }
-    if let Some(path) = &args.common.save {
-        saved.save(path)?;
-        println!("\nsaved to {}", path.display());
-    }
-    if errors > 0 {
-        eprintln!("worker bench: {errors} operation(s) failed; see above");
-        return Ok(ExitCode::FAILURE);
-    }
-    if args.strict && failed > 0 {
-        eprintln!("worker bench: {failed} target(s) missed");
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(ExitCode::SUCCESS)
+    report::finish(
+        "worker bench",
+        &args.common,
+        &saved,
+        METRICS,
+        failed,
+        errors,
+    )
 }
 
 fn signing_key(args: &Args) -> anyhow::Result<Option<SigningKey>> {

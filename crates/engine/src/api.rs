@@ -33,6 +33,7 @@ use crate::endpoint::{validate_name, EndpointSettings, ParamError, WorkerTemplat
 use crate::engine::{now, Core};
 use crate::metrics::RouteAnswer;
 use crate::policy::worker_state::{ProcessPhase, ReportFacts};
+use crate::policy::EndpointPolicy;
 use crate::registry::{policy_of, Endpoint, Worker};
 use crate::scaler::record_transition;
 use crate::state::random_key;
@@ -116,8 +117,26 @@ fn internal(err: impl std::fmt::Display) -> Response {
     )
 }
 
+/// What a web API handler returns: its answer, or the error answer of the
+/// first check that failed.
+type ApiReply = Result<Response, Response>;
+
+/// 400 `invalid_args` with a message naming the bad field.
+fn invalid_args(msg: impl Into<String>) -> Response {
+    api_error(StatusCode::BAD_REQUEST, "invalid_args", msg)
+}
+
+/// 404 `not_found` for `what` (e.g. "endpoint 3").
+fn not_found_error(what: impl std::fmt::Display) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("{what} not found"),
+    )
+}
+
 fn param_error(err: &ParamError) -> Response {
-    api_error(StatusCode::BAD_REQUEST, "invalid_args", err.to_string())
+    invalid_args(err.to_string())
 }
 
 fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
@@ -204,14 +223,41 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// The JSON object body of a web API call, or a 400 `invalid_args`.
+fn parse_args(body: &Bytes) -> Result<Map<String, Value>, Response> {
+    parse_object(body).map_err(invalid_args)
+}
+
+/// Checks the account key, then parses the resource id of the path.
+fn authorised_id(
+    core: &Core,
+    headers: &HeaderMap,
+    query: &Option<String>,
+    raw: &str,
+    what: &str,
+) -> Result<i64, Response> {
+    require_account(core, headers, query)?;
+    parse_id(raw, what)
+}
+
+/// The policy of `settings` under the engine's configuration, validated.
+fn checked_policy(core: &Core, settings: &EndpointSettings) -> Result<EndpointPolicy, Response> {
+    let policy = policy_of(
+        settings,
+        core.config.stale_after,
+        core.config.scale_down_delay,
+    );
+    policy
+        .validate()
+        .map_err(|err| invalid_args(err.to_string()))?;
+    Ok(policy)
+}
+
 fn parse_id(raw: &str, what: &str) -> Result<i64, Response> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_args",
-            format!("Invalid {what} ID {raw:?}"),
-        )
-    })
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| invalid_args(format!("Invalid {what} ID {raw:?}")))
 }
 
 // ---------------------------------------------------------------------------
@@ -838,14 +884,12 @@ async fn list_endpoints(
     State(core): Ctx,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
+) -> ApiReply {
+    require_account(&core, &headers, &query)?;
     let reg = core.registry();
     let list: Vec<Value> = reg.endpoints.values().map(record_with_template).collect();
     drop(reg);
-    json_response(StatusCode::OK, &ApiList::ok(list))
+    Ok(json_response(StatusCode::OK, &ApiList::ok(list)))
 }
 
 async fn get_endpoint(
@@ -853,23 +897,17 @@ async fn get_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "endpoint job") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let reg = core.registry();
-    match reg.endpoints.get(&id) {
-        Some(ep) => json_response(StatusCode::OK, &ApiResult::ok(record_with_template(ep))),
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("endpoint {id} not found"),
-        ),
-    }
+    let ep = reg
+        .endpoints
+        .get(&id)
+        .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &ApiResult::ok(record_with_template(ep)),
+    ))
 }
 
 async fn create_endpoint(
@@ -877,45 +915,20 @@ async fn create_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let obj = match parse_object(&body) {
-        Ok(o) => o,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
-    let params = match endpoint_params(&obj) {
-        Ok(p) => p,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
+) -> ApiReply {
+    require_account(&core, &headers, &query)?;
+    let obj = parse_args(&body)?;
+    let params = endpoint_params(&obj).map_err(invalid_args)?;
     let Some(name) = params.endpoint_name.clone() else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_args",
-            "endpoint_name: missing",
-        );
+        return Err(invalid_args("endpoint_name: missing"));
     };
-    if let Err(err) = validate_name(&name) {
-        return param_error(&err);
-    }
-    let settings = match EndpointSettings::default().merged(&params) {
-        Ok(s) => s,
-        Err(err) => return param_error(&err),
-    };
-    if let Err(err) = policy_of(
-        &settings,
-        core.config.stale_after,
-        core.config.scale_down_delay,
-    )
-    .validate()
-    {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_args", err.to_string());
-    }
+    validate_name(&name).map_err(|err| param_error(&err))?;
+    let settings = EndpointSettings::default()
+        .merged(&params)
+        .map_err(|err| param_error(&err))?;
+    checked_policy(&core, &settings)?;
     let mut template = WorkerTemplate::default();
-    if let Err(msg) = apply_template(&obj, &mut template) {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg);
-    }
+    apply_template(&obj, &mut template).map_err(invalid_args)?;
     let t = now();
     let api_key = random_key(40);
     let stored = match core
@@ -924,20 +937,20 @@ async fn create_endpoint(
     {
         Ok(s) => s,
         Err(DbError::Duplicate(_)) => {
-            return api_error(
+            return Err(api_error(
                 StatusCode::BAD_REQUEST,
                 "duplicate",
                 format!("endpoint_name: an endpoint named {name:?} already exists"),
-            )
+            ))
         }
-        Err(err) => return internal(err),
+        Err(err) => return Err(internal(err)),
     };
     let id = stored.id;
     tracing::info!(endpoint = %name, id, "endpoint created");
     let live = core.live_endpoint(stored, t);
     core.registry().insert(live);
     core.kick_endpoint(id);
-    json_response(StatusCode::OK, &ApiResult::ok(id))
+    Ok(json_response(StatusCode::OK, &ApiResult::ok(id)))
 }
 
 async fn update_endpoint(
@@ -946,65 +959,34 @@ async fn update_endpoint(
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "endpoint job") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    let obj = match parse_object(&body) {
-        Ok(o) => o,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
-    let params = match endpoint_params(&obj) {
-        Ok(p) => p,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
+    let obj = parse_args(&body)?;
+    let params = endpoint_params(&obj).map_err(invalid_args)?;
     let mut reg = core.registry();
-    let Some(ep) = reg.endpoints.get_mut(&id) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("endpoint {id} not found"),
-        );
-    };
+    let ep = reg
+        .endpoints
+        .get_mut(&id)
+        .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
     if let Some(name) = &params.endpoint_name {
         if *name != ep.stored.name {
-            return api_error(
-                StatusCode::BAD_REQUEST,
-                "invalid_args",
-                format!(
-                    "endpoint_name: cannot rename {:?} to {name:?}; create a new endpoint instead",
-                    ep.stored.name
-                ),
-            );
+            return Err(invalid_args(format!(
+                "endpoint_name: cannot rename {:?} to {name:?}; create a new endpoint instead",
+                ep.stored.name
+            )));
         }
     }
-    let settings = match ep.stored.settings.merged(&params) {
-        Ok(s) => s,
-        Err(err) => return param_error(&err),
-    };
-    let policy = policy_of(
-        &settings,
-        core.config.stale_after,
-        core.config.scale_down_delay,
-    );
-    if let Err(err) = policy.validate() {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_args", err.to_string());
-    }
+    let settings = ep
+        .stored
+        .settings
+        .merged(&params)
+        .map_err(|err| param_error(&err))?;
+    let policy = checked_policy(&core, &settings)?;
     let mut template = ep.stored.template.clone();
-    if let Err(msg) = apply_template(&obj, &mut template) {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg);
-    }
-    if let Err(err) = core.db.update_settings(id, &settings) {
-        return internal(err);
-    }
+    apply_template(&obj, &mut template).map_err(invalid_args)?;
+    core.db.update_settings(id, &settings).map_err(internal)?;
     if template != ep.stored.template {
-        if let Err(err) = core.db.update_template(id, &template) {
-            return internal(err);
-        }
+        core.db.update_template(id, &template).map_err(internal)?;
     }
     ep.stored.settings = settings;
     ep.stored.template = template;
@@ -1016,7 +998,7 @@ async fn update_endpoint(
     tracing::info!(endpoint = %ep.stored.name, id, "endpoint updated");
     drop(reg);
     core.kick_endpoint(id);
-    json_response(StatusCode::OK, &ApiOk::OK)
+    Ok(json_response(StatusCode::OK, &ApiOk::OK))
 }
 
 async fn delete_endpoint(
@@ -1024,25 +1006,11 @@ async fn delete_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "endpoint job") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let removed = core.registry().remove_endpoint(id);
-    let Some(ep) = removed else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("endpoint {id} not found"),
-        );
-    };
-    if let Err(err) = core.db.delete_endpoint(id) {
-        return internal(err);
-    }
+    let ep = removed.ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
+    core.db.delete_endpoint(id).map_err(internal)?;
     let count = ep.workers.len();
     for (wid, mut w) in ep.workers {
         let spawned = w.spawned.take();
@@ -1061,10 +1029,10 @@ async fn delete_endpoint(
         });
     }
     tracing::info!(endpoint = %ep.stored.name, id, workers = count, "endpoint deleted");
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({ "success": true, "deleted_workers": count, "failed_workers": 0, "msg": format!("deleted endpoint {id}") }),
-    )
+    ))
 }
 
 async fn list_workers(
@@ -1072,23 +1040,14 @@ async fn list_workers(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "endpoint job") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let live: Vec<Value> = {
         let reg = core.registry();
-        let Some(ep) = reg.endpoints.get(&id) else {
-            return api_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("endpoint {id} not found"),
-            );
-        };
+        let ep = reg
+            .endpoints
+            .get(&id)
+            .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
         ep.workers
             .values()
             .map(|w| {
@@ -1106,14 +1065,11 @@ async fn list_workers(
             })
             .collect()
     };
-    let history = match core.db.worker_history(id, 50) {
-        Ok(h) => h,
-        Err(err) => return internal(err),
-    };
-    json_response(
+    let history = core.db.worker_history(id, 50).map_err(internal)?;
+    Ok(json_response(
         StatusCode::OK,
         &json!({ "success": true, "results": live, "history": history }),
-    )
+    ))
 }
 
 async fn worker_logs(
@@ -1121,42 +1077,24 @@ async fn worker_logs(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path((id, worker_id)): Path<(String, String)>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let (id, worker_id) = match (
-        parse_id(&id, "endpoint job"),
-        parse_id(&worker_id, "worker"),
-    ) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(resp), _) | (_, Err(resp)) => return resp,
-    };
-    match core.db.worker_endpoint(worker_id) {
-        Ok(Some(ep)) if ep == id => {}
-        Ok(_) => {
-            return api_error(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("worker {worker_id} of endpoint {id} not found"),
-            )
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
+    let worker_id = parse_id(&worker_id, "worker")?;
+    match core.db.worker_endpoint(worker_id).map_err(internal)? {
+        Some(ep) if ep == id => {}
+        _ => {
+            return Err(not_found_error(format!(
+                "worker {worker_id} of endpoint {id}"
+            )))
         }
-        Err(err) => return internal(err),
     }
     let consumer =
         query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
     let tail: u64 = match query_value(&query, "tail") {
         None => 1 << 20,
-        Some(v) => match v.parse() {
-            Ok(n) => n,
-            Err(_) => {
-                return api_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_args",
-                    format!("tail: expected a number of bytes, got {v:?}"),
-                )
-            }
-        },
+        Some(v) => v
+            .parse()
+            .map_err(|_| invalid_args(format!("tail: expected a number of bytes, got {v:?}")))?,
     };
     let kind = if consumer {
         crate::supervisor::ProcKind::Consumer
@@ -1164,21 +1102,22 @@ async fn worker_logs(
         crate::supervisor::ProcKind::Worker
     };
     let path = core.supervisor.log_path(worker_id, kind);
-    let text = tokio::task::spawn_blocking(move || read_tail(&path, tail)).await;
+    let text = tokio::task::spawn_blocking(move || read_tail(&path, tail))
+        .await
+        .map_err(internal)?;
     match text {
-        Ok(Ok(bytes)) => (
+        Ok(bytes) => Ok((
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
             bytes,
         )
-            .into_response(),
-        Ok(Err(err)) if err.kind() == std::io::ErrorKind::NotFound => api_error(
+            .into_response()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(api_error(
             StatusCode::NOT_FOUND,
             "not_found",
             format!("no {} for worker {worker_id}", kind.log_name()),
-        ),
-        Ok(Err(err)) => internal(err),
-        Err(err) => internal(err),
+        )),
+        Err(err) => Err(internal(err)),
     }
 }
 
@@ -1212,48 +1151,43 @@ async fn list_workergroups(
     State(core): Ctx,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
+) -> ApiReply {
+    require_account(&core, &headers, &query)?;
     let reg = core.registry();
     let list: Vec<Value> = reg.endpoints.values().map(workergroup_json).collect();
-    json_response(StatusCode::OK, &ApiList::ok(list))
+    Ok(json_response(StatusCode::OK, &ApiList::ok(list)))
 }
 
-fn set_template(core: &Core, endpoint_id: i64, obj: &Map<String, Value>, reset: bool) -> Response {
+fn set_template(core: &Core, endpoint_id: i64, obj: &Map<String, Value>, reset: bool) -> ApiReply {
     let mut reg = core.registry();
-    let Some(ep) = reg.endpoints.get_mut(&endpoint_id) else {
-        return api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("endpoint {endpoint_id} not found"),
-        );
-    };
+    let ep = reg
+        .endpoints
+        .get_mut(&endpoint_id)
+        .ok_or_else(|| not_found_error(format!("endpoint {endpoint_id}")))?;
     let mut template = if reset {
         WorkerTemplate::default()
     } else {
         ep.stored.template.clone()
     };
-    if let Err(msg) = apply_template(obj, &mut template) {
-        return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg);
-    }
-    if let Err(err) = core.db.update_template(endpoint_id, &template) {
-        return internal(err);
-    }
+    apply_template(obj, &mut template).map_err(invalid_args)?;
+    core.db
+        .update_template(endpoint_id, &template)
+        .map_err(internal)?;
     ep.stored.template = template;
-    json_response(
+    Ok(json_response(
         StatusCode::OK,
         &json!({ "success": true, "id": ep.stored.workergroup_id }),
-    )
+    ))
 }
 
-fn endpoint_of_workergroup(core: &Core, wg: i64) -> Option<i64> {
+/// The endpoint that owns workergroup `wg`, or a 404 naming it.
+fn endpoint_of_workergroup(core: &Core, wg: i64) -> Result<i64, Response> {
     core.registry()
         .endpoints
         .values()
         .find(|ep| ep.stored.workergroup_id == wg)
         .map(|ep| ep.stored.id)
+        .ok_or_else(|| not_found_error(format!("workergroup {wg}")))
 }
 
 async fn create_workergroup(
@@ -1261,20 +1195,11 @@ async fn create_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let obj = match parse_object(&body) {
-        Ok(o) => o,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
+) -> ApiReply {
+    require_account(&core, &headers, &query)?;
+    let obj = parse_args(&body)?;
     let Some(endpoint_id) = obj.get("endpoint_id").and_then(Value::as_i64) else {
-        return api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_args",
-            "endpoint_id: missing; expected an integer",
-        );
+        return Err(invalid_args("endpoint_id: missing; expected an integer"));
     };
     set_template(&core, endpoint_id, &obj, true)
 }
@@ -1284,27 +1209,18 @@ async fn get_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "workergroup") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
     let reg = core.registry();
-    match reg
+    let ep = reg
         .endpoints
         .values()
         .find(|ep| ep.stored.workergroup_id == id)
-    {
-        Some(ep) => json_response(StatusCode::OK, &ApiResult::ok(workergroup_json(ep))),
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("workergroup {id} not found"),
-        ),
-    }
+        .ok_or_else(|| not_found_error(format!("workergroup {id}")))?;
+    Ok(json_response(
+        StatusCode::OK,
+        &ApiResult::ok(workergroup_json(ep)),
+    ))
 }
 
 async fn update_workergroup(
@@ -1313,26 +1229,11 @@ async fn update_workergroup(
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "workergroup") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    let obj = match parse_object(&body) {
-        Ok(o) => o,
-        Err(msg) => return api_error(StatusCode::BAD_REQUEST, "invalid_args", msg),
-    };
-    match endpoint_of_workergroup(&core, id) {
-        Some(ep) => set_template(&core, ep, &obj, false),
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("workergroup {id} not found"),
-        ),
-    }
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
+    let obj = parse_args(&body)?;
+    let ep = endpoint_of_workergroup(&core, id)?;
+    set_template(&core, ep, &obj, false)
 }
 
 async fn delete_workergroup(
@@ -1340,23 +1241,11 @@ async fn delete_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> Response {
-    if let Err(resp) = require_account(&core, &headers, &query) {
-        return resp;
-    }
-    let id = match parse_id(&id, "workergroup") {
-        Ok(id) => id,
-        Err(resp) => return resp,
-    };
-    match endpoint_of_workergroup(&core, id) {
-        // An endpoint always has a workergroup: deleting it restores the default.
-        Some(ep) => set_template(&core, ep, &Map::new(), true),
-        None => api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("workergroup {id} not found"),
-        ),
-    }
+) -> ApiReply {
+    let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
+    let ep = endpoint_of_workergroup(&core, id)?;
+    // An endpoint always has a workergroup: deleting it restores the default.
+    set_template(&core, ep, &Map::new(), true)
 }
 
 // ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::policy::WorkerState;
-use crate::registry::Registry;
+use crate::registry::{Endpoint, Registry};
 
 /// Upper bounds (seconds) of the wait-to-ready histogram buckets.
 pub const WAIT_BUCKETS: [f64; 12] = [
@@ -96,72 +96,68 @@ impl Metrics {
                 );
             }
         }
-        out.push_str("# HELP nullworker_endpoint_load Sum of the effective load of active workers (perf units).\n# TYPE nullworker_endpoint_load gauge\n");
-        for ep in registry.endpoints.values() {
-            let load: f64 = ep
-                .workers
-                .values()
-                .filter(|w| w.state.is_active())
-                .map(|w| w.reported_load() + ep.requests.pending_cost(w.id))
-                .sum();
-            let _ = writeln!(
-                out,
-                "nullworker_endpoint_load{{endpoint=\"{}\"}} {load}",
-                ep.stored.name
-            );
-        }
-        out.push_str("# HELP nullworker_queued_requests Requests answered WAITING and still polling.\n# TYPE nullworker_queued_requests gauge\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_queued_requests{{endpoint=\"{}\"}} {}",
-                ep.stored.name,
-                ep.requests.waiting_len()
-            );
-        }
-        out.push_str("# HELP nullworker_queued_cost Sum of the cost of waiting requests.\n# TYPE nullworker_queued_cost gauge\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_queued_cost{{endpoint=\"{}\"}} {}",
-                ep.stored.name,
-                ep.requests.waiting_cost()
-            );
-        }
-        out.push_str("# HELP nullworker_worker_spawns_total Worker processes launched (first starts and restarts).\n# TYPE nullworker_worker_spawns_total counter\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_worker_spawns_total{{endpoint=\"{}\"}} {}",
-                ep.stored.name, ep.spawns
-            );
-        }
-        out.push_str("# HELP nullworker_worker_spawn_failures_total Launches that failed before their worker became IDLE.\n# TYPE nullworker_worker_spawn_failures_total counter\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_worker_spawn_failures_total{{endpoint=\"{}\"}} {}",
-                ep.stored.name, ep.spawn_failures
-            );
-        }
-        out.push_str("# HELP nullworker_spawn_backoff_failures Consecutive failed launches (0: no backoff).\n# TYPE nullworker_spawn_backoff_failures gauge\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_spawn_backoff_failures{{endpoint=\"{}\"}} {}",
-                ep.stored.name,
-                ep.backoff.failures()
-            );
-        }
-        out.push_str("# HELP nullworker_spawn_backoff_seconds Current delay between a failed launch and the next one.\n# TYPE nullworker_spawn_backoff_seconds gauge\n");
-        for ep in registry.endpoints.values() {
-            let _ = writeln!(
-                out,
-                "nullworker_spawn_backoff_seconds{{endpoint=\"{}\"}} {}",
-                ep.stored.name,
-                ep.backoff.delay()
-            );
-        }
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_endpoint_load",
+            "Sum of the effective load of active workers (perf units).",
+            "gauge",
+            |ep| -> f64 {
+                ep.workers
+                    .values()
+                    .filter(|w| w.state.is_active())
+                    .map(|w| w.reported_load() + ep.requests.pending_cost(w.id))
+                    .sum()
+            },
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_queued_requests",
+            "Requests answered WAITING and still polling.",
+            "gauge",
+            |ep| ep.requests.waiting_len(),
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_queued_cost",
+            "Sum of the cost of waiting requests.",
+            "gauge",
+            |ep| ep.requests.waiting_cost(),
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_worker_spawns_total",
+            "Worker processes launched (first starts and restarts).",
+            "counter",
+            |ep| ep.spawns,
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_worker_spawn_failures_total",
+            "Launches that failed before their worker became IDLE.",
+            "counter",
+            |ep| ep.spawn_failures,
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_spawn_backoff_failures",
+            "Consecutive failed launches (0: no backoff).",
+            "gauge",
+            |ep| ep.backoff.failures(),
+        );
+        per_endpoint(
+            &mut out,
+            registry,
+            "nullworker_spawn_backoff_seconds",
+            "Current delay between a failed launch and the next one.",
+            "gauge",
+            |ep| ep.backoff.delay(),
+        );
         out.push_str("# HELP nullworker_route_answers_total /route/ answers by kind.\n# TYPE nullworker_route_answers_total counter\n");
         for (i, kind) in ["ready", "waiting", "bad_request", "unauthorized"]
             .iter()
@@ -217,6 +213,27 @@ impl Metrics {
         let _ = writeln!(out, "nullworker_wait_to_ready_seconds_sum {}", h.sum);
         let _ = writeln!(out, "nullworker_wait_to_ready_seconds_count {}", h.count);
         out
+    }
+}
+
+/// Writes one gauge or counter family with a sample per endpoint (label
+/// `endpoint`), `value` giving each endpoint's sample.
+fn per_endpoint<V: std::fmt::Display>(
+    out: &mut String,
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    kind: &str,
+    value: impl Fn(&Endpoint) -> V,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+    for ep in registry.endpoints.values() {
+        let _ = writeln!(
+            out,
+            "{name}{{endpoint=\"{}\"}} {}",
+            ep.stored.name,
+            value(ep)
+        );
     }
 }
 

@@ -612,20 +612,8 @@ mod tests {
             mtoken: "t".into(),
             version: "1.1.0".into(),
             loadtime: 0.1,
-            cur_load: 0.0,
-            rej_load: 0.0,
-            new_load: 0.0,
-            error_msg: String::new(),
             max_perf: 100.0,
-            cur_perf: 0.0,
-            cur_capacity: 0.0,
-            max_capacity: 0.0,
-            num_requests_working: 0,
-            num_requests_recieved: 0,
-            additional_disk_usage: 0.0,
-            disk_usage: None,
-            working_request_idxs: vec![],
-            url: String::new(),
+            ..WorkerStatus::default()
         });
         w
     }

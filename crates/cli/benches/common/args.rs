@@ -1,6 +1,9 @@
 //! Command-line options shared by every benchmark binary.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
 
 /// Options every benchmark accepts (flattened into each binary's own options).
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +30,10 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub client_threads: u16,
 
+    /// Exit with status 1 when a target is missed (not only on errors).
+    #[arg(long)]
+    pub strict: bool,
+
     /// Passed by `cargo bench` to every benchmark binary; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,
@@ -40,6 +47,22 @@ impl CommonArgs {
     /// Number of runs: `--runs`, else 2 in quick mode, else 5.
     pub fn runs(&self) -> u32 {
         self.runs.unwrap_or(if self.quick { 2 } else { 5 })
+    }
+
+    /// A phase duration: `value` when given, else `normal` (`small` with
+    /// --quick); `flag` names the option in the error.
+    pub fn secs(
+        &self,
+        value: Option<f64>,
+        normal: f64,
+        small: f64,
+        flag: &str,
+    ) -> anyhow::Result<Duration> {
+        let v = value.unwrap_or(if self.quick { small } else { normal });
+        if !(v.is_finite() && v >= 0.0) {
+            bail!("--{flag} {v}: expected a non-negative number of seconds");
+        }
+        Ok(Duration::from_secs_f64(v))
     }
 
     /// Builds the runtime the benchmark's own tasks run on.

@@ -14,3 +14,29 @@ pub mod loadgen;
 pub mod process;
 pub mod report;
 pub mod stats;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+/// Runs a benchmark's body on `runtime` and turns its outcome into the
+/// exit status; `name` (e.g. "engine bench") prefixes error messages.
+pub fn main(
+    name: &str,
+    runtime: std::io::Result<tokio::runtime::Runtime>,
+    body: impl Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("{name}: error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(body) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("{name}: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

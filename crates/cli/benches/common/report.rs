@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
+use super::args::CommonArgs;
 use super::stats::Summary;
 
 /// Which direction of a figure is an improvement.
@@ -347,4 +349,34 @@ pub fn print_comparison(old: &SavedRun, new: &SavedRun, metrics: &[Metric]) {
     } else {
         print_table(&rows);
     }
+}
+
+/// Ends a benchmark after its result table: compares with and saves `saved`
+/// as `--compare` / `--save` ask, then picks the exit status: failure when
+/// operations failed, or when targets were missed under `--strict`.
+pub fn finish(
+    name: &str,
+    common: &CommonArgs,
+    saved: &SavedRun,
+    metrics: &[Metric],
+    failed_targets: usize,
+    errors: u64,
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &common.compare {
+        let old = SavedRun::load(path)?;
+        print_comparison(&old, saved, metrics);
+    }
+    if let Some(path) = &common.save {
+        saved.save(path)?;
+        println!("\nsaved to {}", path.display());
+    }
+    if errors > 0 {
+        eprintln!("{name}: {errors} operation(s) failed; see above");
+        return Ok(ExitCode::FAILURE);
+    }
+    if common.strict && failed_targets > 0 {
+        eprintln!("{name}: {failed_targets} target(s) missed");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
 }

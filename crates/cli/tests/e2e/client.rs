@@ -3,9 +3,8 @@
 //! session closed at the end; SIGINT and SIGKILL; leases longer than the
 //! lifetime; releases from the worker side; `--json`; error exits.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -40,22 +39,7 @@ impl RunningClient {
     fn spawn(mut cmd: Command) -> Self {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = ChildGuard::spawn(cmd);
-        let stdout = child
-            .child
-            .as_mut()
-            .expect("child")
-            .stdout
-            .take()
-            .expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = child.stdout_lines();
         Self {
             child,
             lines: rx,

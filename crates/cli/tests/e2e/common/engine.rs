@@ -2,10 +2,8 @@
 //! port with its own state directory, stopped with SIGTERM (so it stops its
 //! workers) when dropped, plus small blocking clients for its APIs.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use reqwest::blocking::Client;
@@ -72,22 +70,7 @@ impl EngineGuard {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         let mut child = ChildGuard::spawn(cmd);
-        let stdout = child
-            .child
-            .as_mut()
-            .expect("child")
-            .stdout
-            .take()
-            .expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = child.stdout_lines();
         let mut lines = Vec::new();
         let url = loop {
             let line = rx

@@ -1,6 +1,8 @@
 //! Spawning the real `nullworker` binary in tests, with kill-on-drop guards.
 
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 /// Path of the binary under test.
@@ -50,6 +52,28 @@ impl ChildGuard {
 
     pub fn id(&self) -> u32 {
         self.child.as_ref().expect("child").id()
+    }
+
+    /// Takes the child's piped stdout and delivers its lines on a channel,
+    /// read by a thread that ends with the stream.
+    pub fn stdout_lines(&mut self) -> Receiver<String> {
+        let stdout = self
+            .child
+            .as_mut()
+            .expect("child")
+            .stdout
+            .take()
+            .expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
     }
 
     /// Sends a signal to the child (e.g. `libc::SIGTERM`).
