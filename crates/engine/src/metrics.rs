@@ -107,7 +107,7 @@ impl Metrics {
                     .values()
                     .filter(|w| w.state.is_active())
                     .map(|w| w.reported_load() + ep.requests.pending_cost(w.id))
-                    .sum()
+                    .fold(0.0, |sum, load| sum + load)
             },
         );
         per_endpoint(

@@ -456,7 +456,8 @@ impl RequestTable {
 
     /// Σ cost of waiting requests.
     pub fn waiting_cost(&self) -> f64 {
-        self.waiting().map(|(cost, _)| cost).sum()
+        // Folded from +0.0: an empty f64 sum is -0.0, which prints as "-0".
+        self.waiting().fold(0.0, |sum, (cost, _)| sum + cost)
     }
 
     /// Number of entries.
@@ -526,6 +527,14 @@ mod tests {
     use proptest::prelude::*;
 
     const T: f64 = 1_000.0;
+
+    #[test]
+    fn an_empty_table_waits_for_positive_zero_cost() {
+        let table = RequestTable::new();
+        let cost = table.waiting_cost();
+        assert_eq!(cost, 0.0);
+        assert!(cost.is_sign_positive(), "metrics would print {cost}");
+    }
 
     #[test]
     fn new_requests_get_fresh_indexes_from_one() {
