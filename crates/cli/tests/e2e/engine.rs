@@ -229,15 +229,30 @@ fn engine_replaces_a_killed_worker() {
     // Keep one worker up with no load (never scale to zero).
     let ep =
         engine.create_seed_endpoint("killed", json!({"inactivity_timeout": -1, "min_load": 100}));
-    let (old_id, pid) = wait_for("an IDLE worker", LONG, || {
+    let (old_id, pid, old_url) = wait_for("an IDLE worker", LONG, || {
         engine
             .workers_detail(&ep)
             .into_iter()
             .find(|w| w["status"] == "IDLE")
-            .map(|w| (w["id"].as_i64().unwrap(), w["pid"].as_i64().unwrap()))
+            .map(|w| {
+                let url = w["url"].as_str().expect("url").to_owned();
+                (w["id"].as_i64().unwrap(), w["pid"].as_i64().unwrap(), url)
+            })
     });
     // SAFETY: kill(2) on the worker process the engine started.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    // Once the engine has seen the exit, the dead worker is never routed to
+    // again (the SDK would retry a dead URL in a hot loop): the next READY
+    // names the replacement, although the dead one was idle and first in line.
+    wait_for("the engine to see the exit", LONG, || {
+        let exits = metric(
+            &engine.metrics(),
+            "nullworker_worker_exits_total{kind=\"unexpected\"}",
+        );
+        (exits >= 1.0).then_some(())
+    });
+    let ready = engine.route_until_ready(&ep, LONG);
+    assert_ne!(ready["url"].as_str(), Some(old_url.as_str()), "{ready}");
     wait_for("a replacement worker", LONG, || {
         let ws = engine.workers_detail(&ep);
         let old_gone = ws.iter().all(|w| w["id"].as_i64() != Some(old_id));
