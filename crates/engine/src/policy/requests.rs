@@ -222,18 +222,7 @@ impl RequestTable {
     /// request was first answered WAITING, if it ever was (for the
     /// wait-to-ready histogram). An index not in the table is added.
     pub fn assign(&mut self, idx: u64, worker_id: i64, cost: f64, now: f64) -> Option<f64> {
-        if self.entries.contains_key(&idx) {
-            self.detach(idx);
-        } else {
-            self.schedule(idx, now + DEFAULT_REPLAY_TIMEOUT);
-        }
-        let entry = self.entries.entry(idx).or_insert_with(|| Entry {
-            cost,
-            replay_timeout: DEFAULT_REPLAY_TIMEOUT,
-            first_wait: None,
-            phase: Phase::Unassigned { since: now },
-        });
-        entry.cost = cost;
+        let entry = self.reset_entry(idx, cost, now);
         entry.phase = Phase::Assigned {
             worker: worker_id,
             at: now,
@@ -252,10 +241,10 @@ impl RequestTable {
         first_wait
     }
 
-    /// Records that request `idx` was answered WAITING. The first WAITING
-    /// of a request sets its wait start ([`waiting`](Self::waiting)); later
-    /// polls only keep it alive. An index not in the table is added.
-    pub fn mark_waiting(&mut self, idx: u64, cost: f64, now: f64) {
+    /// The entry of request `idx` with `cost`, detached from any earlier
+    /// assignment (or added, with its expiry scheduled, if unknown), for
+    /// the caller to give its new phase.
+    fn reset_entry(&mut self, idx: u64, cost: f64, now: f64) -> &mut Entry {
         if self.entries.contains_key(&idx) {
             self.detach(idx);
         } else {
@@ -268,6 +257,14 @@ impl RequestTable {
             phase: Phase::Unassigned { since: now },
         });
         entry.cost = cost;
+        entry
+    }
+
+    /// Records that request `idx` was answered WAITING. The first WAITING
+    /// of a request sets its wait start ([`waiting`](Self::waiting)); later
+    /// polls only keep it alive. An index not in the table is added.
+    pub fn mark_waiting(&mut self, idx: u64, cost: f64, now: f64) {
+        let entry = self.reset_entry(idx, cost, now);
         entry.first_wait.get_or_insert(now);
         entry.phase = Phase::Waiting { last_poll: now };
         self.waiting.insert(idx);
