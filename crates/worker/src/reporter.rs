@@ -223,9 +223,13 @@ pub async fn deletes_loop(app: Arc<App>) {
 /// Delivers the queued delete records in batches; stops at the first failure.
 async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> bool {
     let addrs = delete_addrs(&app.config.report_addrs);
+    let mut drained = 0;
     loop {
         let batch = app.metrics.peek_deletes(MAX_DELETE_BATCH);
         if batch.is_empty() {
+            if drained >= TRIM_AFTER_RECORDS {
+                release_free_memory();
+            }
             return true;
         }
         let n = batch.len();
@@ -248,6 +252,24 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
             return false;
         }
         app.metrics.drop_deletes(n);
+        drained += n;
+    }
+}
+
+/// A backlog of at least this many delete records (left by a burst of plain
+/// requests while the engine was slow to take them) is worth returning the
+/// freed heap to the system for once it has drained; a steady trickle of
+/// small batches never triggers it.
+const TRIM_AFTER_RECORDS: usize = 10_000;
+
+/// Returns free heap pages to the system. After a burst the queue's memory
+/// is free but the allocator keeps it mapped, so the worker would otherwise
+/// stay several MiB larger than it needs to be, next to the GPU job.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
