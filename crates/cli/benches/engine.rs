@@ -157,14 +157,7 @@ const METRICS: &[Metric] = &[
         target: None,
         published: None,
     },
-    Metric {
-        key: "errors",
-        label: "failed operations",
-        unit: "count",
-        better: Better::Lower,
-        target: Some((Bound::AtMost(0.0), "0")),
-        published: None,
-    },
+    report::ERRORS,
 ];
 
 /// Account key of the benchmark's engine.

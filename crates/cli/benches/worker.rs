@@ -212,14 +212,7 @@ const METRICS: &[Metric] = &[
         target: Some((Bound::AtMost(2.0), "< 2 ms")),
         published: Some(13.8),
     },
-    Metric {
-        key: "errors",
-        label: "failed operations",
-        unit: "count",
-        better: Better::Lower,
-        target: Some((Bound::AtMost(0.0), "0")),
-        published: None,
-    },
+    report::ERRORS,
 ];
 
 /// Durations of the measured phases.

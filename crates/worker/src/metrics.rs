@@ -127,19 +127,7 @@ impl Metrics {
 
     /// A plain request was admitted (`new_load += w`, tracked, received).
     pub fn plain_admitted(&self, request_idx: u64, load: f64, now: f64) -> TrackKey {
-        let mut inner = self.lock();
-        inner.received += load;
-        inner.num_received += 1;
-        inner.update_pending = true;
-        Self::track(
-            &mut inner,
-            Tracked {
-                request_idx,
-                load,
-                session: false,
-                entered_at: now,
-            },
-        )
+        self.admit(request_idx, load, false, now)
     }
 
     /// A tracked plain request ended with `status` (`Success`, `Error` or `Cancelled`).
@@ -187,17 +175,22 @@ impl Metrics {
 
     /// A session opened: its cost enters `cur_load` until it closes.
     pub fn session_opened(&self, request_idx: u64, cost: f64, created_at: f64) -> TrackKey {
+        self.admit(request_idx, cost, true, created_at)
+    }
+
+    /// A tracked item arrived: `new_load += load`, received, tracked (§10.4).
+    fn admit(&self, request_idx: u64, load: f64, session: bool, now: f64) -> TrackKey {
         let mut inner = self.lock();
-        inner.received += cost;
+        inner.received += load;
         inner.num_received += 1;
         inner.update_pending = true;
         Self::track(
             &mut inner,
             Tracked {
                 request_idx,
-                load: cost,
-                session: true,
-                entered_at: created_at,
+                load,
+                session,
+                entered_at: now,
             },
         )
     }

@@ -36,6 +36,17 @@ impl Bound {
     }
 }
 
+/// The count of failed operations, which every benchmark reports and which
+/// must be zero.
+pub const ERRORS: Metric = Metric {
+    key: "errors",
+    label: "failed operations",
+    unit: "count",
+    better: Better::Lower,
+    target: Some((Bound::AtMost(0.0), "0")),
+    published: None,
+};
+
 /// One figure a benchmark prints.
 #[derive(Debug, Clone, Copy)]
 pub struct Metric {
