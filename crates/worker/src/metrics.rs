@@ -44,7 +44,11 @@ struct Inner {
     error_msg: String,
     loadtime: f64,
     max_perf: f64,
-    update_pending: bool,
+    /// Events that call for a report ("update pending", §10.1), counted so
+    /// that one recorded while a report is in flight is not cleared by it.
+    events: u64,
+    /// `events` as of the last delivered report.
+    reported_events: u64,
     deletes: VecDeque<DeleteRecord>,
     dropped_deletes: u64,
 }
@@ -52,6 +56,8 @@ struct Inner {
 /// The per-interval amounts a report carried, subtracted once it is delivered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sent {
+    /// `events` when the snapshot was taken.
+    events: u64,
     received: f64,
     cancelled: f64,
     cur_perf: f64,
@@ -139,11 +145,11 @@ impl Metrics {
         let completed = match status {
             DeleteRequestStatus::Success => {
                 inner.cur_perf += item.load;
-                inner.update_pending = true;
+                inner.events += 1;
                 now
             }
             DeleteRequestStatus::Error => {
-                inner.update_pending = true;
+                inner.events += 1;
                 now
             }
             DeleteRequestStatus::Cancelled | DeleteRequestStatus::Rejected => {
@@ -166,7 +172,7 @@ impl Metrics {
         let mut inner = self.lock();
         inner.rej_load += load;
         inner.num_received += 1;
-        inner.update_pending = true;
+        inner.events += 1;
         self.push_delete(
             &mut inner,
             DeleteRecord::new(request_idx, DeleteRequestStatus::Rejected, now, 0.0, 0.0),
@@ -183,7 +189,7 @@ impl Metrics {
         let mut inner = self.lock();
         inner.received += load;
         inner.num_received += 1;
-        inner.update_pending = true;
+        inner.events += 1;
         Self::track(
             &mut inner,
             Tracked {
@@ -202,7 +208,7 @@ impl Metrics {
             return;
         };
         inner.cur_perf += item.load;
-        inner.update_pending = true;
+        inner.events += 1;
         let record = DeleteRecord::new(
             item.request_idx,
             DeleteRequestStatus::Success,
@@ -217,14 +223,14 @@ impl Metrics {
     pub fn in_session_admitted(&self, load: f64) {
         let mut inner = self.lock();
         inner.received += load;
-        inner.update_pending = true;
+        inner.events += 1;
     }
 
     /// A request inside a session succeeded.
     pub fn in_session_succeeded(&self, load: f64) {
         let mut inner = self.lock();
         inner.cur_perf += load;
-        inner.update_pending = true;
+        inner.events += 1;
     }
 
     /// A request inside a session was cut by the session closing.
@@ -236,7 +242,7 @@ impl Metrics {
     pub fn in_session_rejected(&self, load: f64) {
         let mut inner = self.lock();
         inner.rej_load += load;
-        inner.update_pending = true;
+        inner.events += 1;
     }
 
     /// Records an error (sticky, Q12). Returns whether `error_msg` changed.
@@ -271,7 +277,8 @@ impl Metrics {
 
     /// Whether an event since the last successful report asks for a new one.
     pub fn update_pending(&self) -> bool {
-        self.lock().update_pending
+        let inner = self.lock();
+        inner.events != inner.reported_events
     }
 
     /// Number of tracked in-flight items.
@@ -290,6 +297,7 @@ impl Metrics {
         idxs.sort_unstable_by_key(|(key, _)| key.0);
         let cur_load = inner.working.values().fold(0.0, |sum, t| sum + t.load);
         let sent = Sent {
+            events: inner.events,
             received: inner.received,
             cancelled: inner.cancelled,
             cur_perf: inner.cur_perf,
@@ -337,7 +345,8 @@ impl Metrics {
                 *v = 0.0;
             }
         }
-        inner.update_pending = false;
+        // Events recorded while this report was in flight stay pending.
+        inner.reported_events = inner.reported_events.max(sent.events);
     }
 
     /// Up to `max` queued delete records, oldest first, without removing them.
@@ -440,5 +449,19 @@ mod tests {
         assert!(m.loaded());
         m.commit(m.snapshot().sent);
         assert_eq!(m.error_msg(), "boom");
+    }
+
+    #[test]
+    fn an_event_during_a_report_in_flight_stays_pending() {
+        let m = Metrics::new();
+        let key = m.session_opened(7, 100.0, 1.0);
+        assert!(m.update_pending());
+        let in_flight = m.snapshot();
+        // The session closes while that report is being delivered.
+        m.session_closed(key, 2.0);
+        m.commit(in_flight.sent);
+        assert!(m.update_pending(), "the close must still be reported soon");
+        m.commit(m.snapshot().sent);
+        assert!(!m.update_pending());
     }
 }
