@@ -106,6 +106,12 @@ pub struct ServeArgs {
     /// File created by an authorised `/pyworker/update` [default: /.force_update].
     #[arg(long, env = "NULLWORKER_FORCE_UPDATE_FILE", value_name = "FILE")]
     pub force_update_file: Option<PathBuf>,
+
+    /// Microseconds the worker keeps polling its sockets after a request
+    /// before it sleeps, so a closely following request is answered without
+    /// waiting for an idle CPU to wake; 0 turns this off [default: 500].
+    #[arg(long, env = "NULLWORKER_BUSY_POLL_US", value_name = "MICROSECONDS")]
+    pub busy_poll_us: Option<String>,
 }
 
 /// A configuration value that cannot be used. The message names the
@@ -193,6 +199,8 @@ pub struct WorkerConfig {
     pub max_body_bytes: usize,
     /// File written by `/pyworker/update`.
     pub force_update_file: PathBuf,
+    /// Polling window after each request (zero: off); see [`crate::busy_poll`].
+    pub busy_poll: Duration,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -214,6 +222,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("max_sessions", &self.max_sessions)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("force_update_file", &self.force_update_file)
+            .field("busy_poll", &self.busy_poll)
             .finish()
     }
 }
@@ -448,6 +457,24 @@ impl ServeArgs {
                 }
             },
         };
+        let busy_poll = match non_empty(&self.busy_poll_us) {
+            None => crate::busy_poll::DEFAULT_WINDOW,
+            Some(raw) => match raw.parse::<u64>() {
+                Ok(us) if Duration::from_micros(us) <= crate::busy_poll::MAX_WINDOW => {
+                    Duration::from_micros(us)
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "NULLWORKER_BUSY_POLL_US (--busy-poll-us)",
+                        raw,
+                        format!(
+                            "a whole number of microseconds from 0 (off) to {}",
+                            crate::busy_poll::MAX_WINDOW.as_micros()
+                        ),
+                    ))
+                }
+            },
+        };
         let max_body_bytes = match non_empty(&self.max_body_bytes) {
             None => DEFAULT_MAX_BODY_BYTES,
             Some(raw) => match raw.parse::<usize>() {
@@ -508,6 +535,7 @@ impl ServeArgs {
             max_sessions,
             max_body_bytes,
             force_update_file,
+            busy_poll,
         })
     }
 }
@@ -612,6 +640,28 @@ mod tests {
         assert_eq!(c.health_interval, Duration::from_secs(10));
         assert!(c.bind_auth_url && !c.unsecured && c.tls.is_none());
         assert_eq!(c.master_token, "");
+        assert_eq!(c.busy_poll, Duration::from_micros(500));
+    }
+
+    #[test]
+    fn busy_poll_window_is_microseconds_up_to_a_limit() {
+        let window = |raw: &str| {
+            let mut a = base();
+            a.busy_poll_us = Some(raw.into());
+            a.validate().map(|c| c.busy_poll)
+        };
+        assert_eq!(window("0"), Ok(Duration::ZERO));
+        assert_eq!(window("250"), Ok(Duration::from_micros(250)));
+        assert_eq!(window("100000"), Ok(Duration::from_millis(100)));
+        for bad in ["100001", "-1", "0.5", "soon"] {
+            let msg = window(bad).unwrap_err().to_string();
+            assert!(
+                msg.contains("NULLWORKER_BUSY_POLL_US")
+                    && msg.contains(&format!("{bad:?}"))
+                    && msg.contains("0 (off) to 100000"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! * [`cli`] — `nullworker serve` and `nullworker release`.
 
 pub mod app;
+pub mod busy_poll;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -14,8 +14,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, CloseReason};
+use crate::busy_poll::BusyPoll;
 use crate::clock::Clock;
 use crate::config::WorkerConfig;
+use crate::http::serve::ServeContext;
 use crate::{health, http, reporter};
 
 /// Budget for closing sessions at shutdown (callbacks included).
@@ -117,26 +119,30 @@ pub async fn run_with_clock(
     // a /session/end in flight during shutdown still gets its answer.
     let servers = CancellationToken::new();
     let tracker = app.tracker.clone();
+    let busy_poll = BusyPoll::new(app.config.busy_poll);
+    tracker.spawn(Arc::clone(&busy_poll).run(servers.clone()));
+    let ctx = ServeContext {
+        shutdown: servers.clone(),
+        tracker: tracker.clone(),
+        busy_poll,
+    };
     tracker.spawn(http::serve::serve(
         listeners.control,
         http::control_router(Arc::clone(&app)),
         None,
-        servers.clone(),
-        tracker.clone(),
+        ctx.clone(),
     ));
     tracker.spawn(http::serve::serve(
         listeners.public,
         http::public_router(Arc::clone(&app)),
         app.config.tls.clone(),
-        servers.clone(),
-        tracker.clone(),
+        ctx.clone(),
     ));
     tracker.spawn(http::serve::serve(
         listeners.http_only,
         http::http_only_router(Arc::clone(&app)),
         None,
-        servers.clone(),
-        tracker.clone(),
+        ctx,
     ));
     tracker.spawn(reporter::status_loop(Arc::clone(&app)));
     tracker.spawn(reporter::deletes_loop(Arc::clone(&app)));

@@ -2,7 +2,8 @@
 //! ring): one HTTP/1.1 connection task per client, a header-read timeout
 //! against slow clients, graceful drain on shutdown, and a per-connection
 //! [`ConnCutter`] so a handler can drop its client's connection without an
-//! answer (how a closing session cuts its in-flight requests, §9.4).
+//! answer (how a closing session cuts its in-flight requests, §9.4). Every
+//! request marks activity for [`BusyPoll`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::busy_poll::BusyPoll;
 
 /// Time a client has to send its request headers (and finish a TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,14 +34,29 @@ impl ConnCutter {
     }
 }
 
-/// Accepts connections until `shutdown`, then lets open ones drain.
+/// What the worker's listeners share.
+#[derive(Debug, Clone)]
+pub struct ServeContext {
+    /// Stops accepting and starts draining open connections.
+    pub shutdown: CancellationToken,
+    /// Connection tasks are spawned here, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Told of every request.
+    pub busy_poll: Arc<BusyPoll>,
+}
+
+/// Accepts connections until `ctx.shutdown`, then lets open ones drain.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    ctx: ServeContext,
 ) {
+    let ServeContext {
+        shutdown,
+        tracker,
+        busy_poll,
+    } = ctx;
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
         let accepted = tokio::select! {
@@ -56,17 +74,20 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
-        let shutdown = shutdown.clone();
+        let conn = ConnContext {
+            router: router.clone(),
+            shutdown: shutdown.clone(),
+            busy_poll: Arc::clone(&busy_poll),
+        };
         match &acceptor {
             None => {
-                tracker.spawn(serve_connection(stream, router, shutdown));
+                tracker.spawn(serve_connection(stream, conn));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tracker.spawn(async move {
                     match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, router, shutdown).await,
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, conn).await,
                         Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake timed out"),
                     }
@@ -76,16 +97,37 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(stream: S, router: Router, shutdown: CancellationToken)
+/// What one connection task needs.
+struct ConnContext {
+    router: Router,
+    shutdown: CancellationToken,
+    busy_poll: Arc<BusyPoll>,
+}
+
+async fn serve_connection<S>(stream: S, ctx: ConnContext)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnContext {
+        router,
+        shutdown,
+        busy_poll,
+    } = ctx;
     let cut = CancellationToken::new();
     let cutter = ConnCutter(cut.clone());
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(cutter.clone());
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+            let busy_poll = Arc::clone(&busy_poll);
+            busy_poll.touch();
+            async move {
+                let response = answer.await;
+                // The window runs from the answer, when the client's next
+                // request can follow.
+                busy_poll.touch();
+                response
+            }
         });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder

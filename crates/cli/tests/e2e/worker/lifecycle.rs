@@ -1,8 +1,9 @@
 //! Start-up and shut-down: configuration errors (one line, exit 2, a beacon
 //! to the engine), readiness and health transitions, TLS with a self-signed
-//! certificate, and graceful shutdown on SIGTERM/SIGINT.
+//! certificate, graceful shutdown on SIGTERM/SIGINT, and busy polling
+//! that follows requests and stops when they stop.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -224,6 +225,62 @@ fn tls_with_a_self_signed_certificate() {
         .body("{}")
         .send();
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
+}
+
+/// CPU time (user and system) process `pid` has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // Fields after the parenthesised command name start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat has a command name") + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a system constant.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+#[test]
+fn busy_polling_follows_requests_and_stops_when_they_stop() {
+    let engine = FakeEngine::start();
+    // A 100 ms window; no health checks after the first, so nothing but
+    // the test's own requests wakes the worker.
+    let w = Worker::start(
+        WorkerSpec::new(&engine)
+            .env("NULLWORKER_BUSY_POLL_US", "100000")
+            .env("NULLWORKER_HEALTH_INTERVAL", "3600"),
+    );
+    wait_ready(&engine);
+    let pid = w.child.id();
+
+    // A request every 20 ms for a second: each one extends the window, so
+    // the worker polls the whole time instead of sleeping between them.
+    let before = cpu_time(pid);
+    let started = Instant::now();
+    let mut idx = 1;
+    while started.elapsed() < Duration::from_secs(1) {
+        let body = json!({"auth_data": signed_auth(&w.url, idx, 1), "payload": {}});
+        assert_eq!(w.post("/ping", &body).0, 200);
+        idx += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let busy = cpu_time(pid) - before;
+    assert!(
+        busy >= Duration::from_millis(250),
+        "the worker used {busy:?} of CPU in a second of requests 20 ms apart; \
+         it should poll between them"
+    );
+
+    // Once the window after the last request has passed, it sleeps.
+    std::thread::sleep(Duration::from_millis(300));
+    let quiet_from = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet = cpu_time(pid) - quiet_from;
+    assert!(
+        quiet <= Duration::from_millis(100),
+        "the worker used {quiet:?} of CPU in a quiet second; it should sleep"
+    );
 }
 
 #[test]
