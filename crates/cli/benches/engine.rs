@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use axum::http::StatusCode;
 use bytes::Bytes;
 use clap::Parser;
 use nullworker_client::{Client, Endpoint, RetryPolicy, SessionOptions};
@@ -179,6 +180,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .common
             .secs(args.warmup_secs, 1.0, 0.2, "warmup-secs")?,
         measure: args.common.secs(args.route_secs, 5.0, 1.0, "route-secs")?,
+        poll: !args.common.client_sleeps,
     };
     let runs = args.common.runs();
     let mut saved = SavedRun::new(
@@ -190,6 +192,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "small_workers": args.small_workers,
             "connections": args.connections,
             "client_threads": args.common.client_threads,
+            "client_sleeps": args.common.client_sleeps,
             "route_warmup_secs": phase.warmup.as_secs_f64(),
             "route_secs": phase.measure.as_secs_f64(),
         }),
@@ -562,7 +565,7 @@ impl Operation for RouteOp {
             .post_json("/route/", self.body.clone())
             .await
             .map_err(|e| OpError::Broken(format!("{e:#}")))?;
-        if reply.status != hyper::StatusCode::OK {
+        if reply.status != StatusCode::OK {
             return Err(OpError::Unexpected(format!(
                 "/route/ answered {}: {}",
                 reply.status,

@@ -30,6 +30,12 @@ pub struct CommonArgs {
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     pub client_threads: u16,
 
+    /// Let the load generator's thread sleep while it waits for answers. By
+    /// default it polls, so that figures measure the server rather than how
+    /// long this machine takes to wake an idle CPU.
+    #[arg(long)]
+    pub client_sleeps: bool,
+
     /// Exit with status 1 when a target is missed (not only on errors).
     #[arg(long)]
     pub strict: bool,

@@ -1,24 +1,29 @@
-//! The load generator: keep-alive HTTP/1.1 connections (hyper 1 client, one
-//! TCP connection each) driven in closed loops, recording the latency of
-//! every operation.
+//! The load generator: keep-alive HTTP/1.1 connections (one TCP connection
+//! each, requests written whole, responses parsed with `httparse`) driven in
+//! closed loops, recording the latency of every operation.
 //!
 //! An operation is one request or a short sequence of requests (for instance
 //! a session create followed by its end) issued back to back on its own
 //! connection. Each connection runs a warm-up, then a measured window; the
 //! rate is the number of operations completed in the window divided by the
 //! time from the window's start to the last completion.
+//!
+//! The client side is kept lean (one write and usually one read per request,
+//! no task hand-off) so that it adds as little as possible to what it
+//! measures. By default the generator's thread also polls its sockets while
+//! it waits for answers instead of sleeping, so that on a machine whose idle
+//! CPUs halt (most virtual machines) the figures measure the server and not
+//! how long this machine takes to wake the client back up. Both apply to
+//! every server measured, so side-by-side figures stay comparable.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use axum::http::StatusCode;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper::header::{HeaderValue, CONTENT_TYPE, HOST};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
@@ -76,64 +81,111 @@ impl Reply {
     }
 }
 
+/// Largest response head (status line and headers) accepted.
+const MAX_HEAD: usize = 16 * 1024;
+/// Largest response body accepted.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Connection {
-    sender: http1::SendRequest<Full<Bytes>>,
-    host: HeaderValue,
-    driver: JoinHandle<()>,
+    stream: TcpStream,
+    host: String,
+    /// Bytes read and not yet consumed.
+    buf: Vec<u8>,
+    /// Request bytes, reused.
+    out: Vec<u8>,
 }
 
 impl Connection {
-    /// Opens a TCP connection (no Nagle delay) and performs the HTTP/1.1 handshake.
+    /// Opens a TCP connection (no Nagle delay).
     pub async fn open(addr: SocketAddr) -> anyhow::Result<Connection> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP/1.1 handshake with {addr}"))?;
-        let driver = tokio::spawn(async move {
-            // The connection ends when the sender is dropped or the peer
-            // closes; the next request then reports the error.
-            let _ = connection.await;
-        });
         Ok(Connection {
-            sender,
-            host: HeaderValue::from_str(&addr.to_string())?,
-            driver,
+            stream,
+            host: addr.to_string(),
+            buf: Vec::with_capacity(4096),
+            out: Vec::with_capacity(1024),
         })
     }
 
     /// POSTs a JSON body to `path` and reads the whole reply.
     pub async fn post_json(&mut self, path: &str, body: Bytes) -> anyhow::Result<Reply> {
-        let request = Request::post(path)
-            .header(HOST, self.host.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(Full::new(body))?;
-        self.sender
-            .ready()
+        self.out.clear();
+        self.out.extend_from_slice(b"POST ");
+        self.out.extend_from_slice(path.as_bytes());
+        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        self.out.extend_from_slice(self.host.as_bytes());
+        self.out
+            .extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+        self.out
+            .extend_from_slice(body.len().to_string().as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+        self.out.extend_from_slice(&body);
+        self.stream
+            .write_all(&self.out)
             .await
-            .with_context(|| format!("connection closed before POST {path}"))?;
-        let response = self
-            .sender
-            .send_request(request)
+            .with_context(|| format!("sending POST {path}"))?;
+        self.read_reply()
             .await
-            .with_context(|| format!("POST {path}"))?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .with_context(|| format!("reading the reply to POST {path}"))?
-            .to_bytes();
+            .with_context(|| format!("reading the reply to POST {path}"))
+    }
+
+    /// Reads one response with a `Content-Length` body (what both the worker
+    /// and the reference send); a chunked or unframed body is an error.
+    async fn read_reply(&mut self) -> anyhow::Result<Reply> {
+        let (status, head_len, body_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = response.parse(&self.buf)? {
+                let status = StatusCode::from_u16(response.code.unwrap_or(0))?;
+                let mut body_len = None;
+                for header in response.headers.iter() {
+                    if header.name.eq_ignore_ascii_case("content-length") {
+                        let text = std::str::from_utf8(header.value)?;
+                        body_len =
+                            Some(text.trim().parse::<usize>().with_context(|| {
+                                format!("content-length {text:?} is not a number")
+                            })?);
+                    } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                        bail!(
+                            "a {:?} body is not supported: expected content-length",
+                            String::from_utf8_lossy(header.value)
+                        );
+                    }
+                }
+                let body_len =
+                    body_len.ok_or_else(|| anyhow!("the reply has no content-length"))?;
+                if body_len > MAX_BODY {
+                    bail!("the reply's body of {body_len} bytes is over {MAX_BODY}");
+                }
+                break (status, head_len, body_len);
+            }
+            if self.buf.len() > MAX_HEAD {
+                bail!("the reply's head is over {MAX_HEAD} bytes");
+            }
+            self.fill().await?;
+        };
+        while self.buf.len() < head_len + body_len {
+            self.fill().await?;
+        }
+        let body = Bytes::copy_from_slice(&self.buf[head_len..head_len + body_len]);
+        self.buf.drain(..head_len + body_len);
         Ok(Reply { status, body })
     }
-}
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.driver.abort();
+    /// Reads more bytes; the peer closing is an error.
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        let len = self.buf.len();
+        self.buf.resize(len + 4096, 0);
+        let read = self.stream.read(&mut self.buf[len..]).await;
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        match read? {
+            0 => bail!("the connection was closed"),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -151,11 +203,13 @@ pub trait Operation: Send + 'static {
     fn run(&mut self) -> impl Future<Output = Result<(), OpError>> + Send;
 }
 
-/// Warm-up and measured durations of one phase.
+/// Warm-up and measured durations of one phase, and how the generator waits.
 #[derive(Debug, Clone, Copy)]
 pub struct Phase {
     pub warmup: Duration,
     pub measure: Duration,
+    /// Poll the sockets while waiting for answers (else sleep until woken).
+    pub poll: bool,
 }
 
 /// What one phase measured, over all its connections.
@@ -197,6 +251,15 @@ pub async fn run_closed_loop<O: Operation>(operations: Vec<O>, phase: Phase) -> 
     let start = Instant::now();
     let measure_start = start + phase.warmup;
     let end = measure_start + phase.measure;
+    // Yielding in a loop makes the runtime check its sockets without
+    // blocking on every pass instead of parking its thread.
+    let poller = phase.poll.then(|| {
+        tokio::spawn(async move {
+            while Instant::now() < end {
+                tokio::task::yield_now().await;
+            }
+        })
+    });
     let tasks: Vec<JoinHandle<LoopOutcome>> = operations
         .into_iter()
         .map(|mut op| {
@@ -258,6 +321,10 @@ pub async fn run_closed_loop<O: Operation>(operations: Vec<O>, phase: Phase) -> 
         }
         last = last.max(out.last_completion);
         result.latencies.merge(out.latencies);
+    }
+    if let Some(poller) = poller {
+        // It stops at the end of the phase; loops that broke off early end it sooner.
+        poller.abort();
     }
     result.elapsed = last.map_or(Duration::ZERO, |t| {
         t.saturating_duration_since(measure_start)

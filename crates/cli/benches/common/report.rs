@@ -25,13 +25,27 @@ pub enum Better {
 pub enum Bound {
     AtMost(f64),
     AtLeast(f64),
+    /// At least this many times the reference: its median when it was
+    /// measured in the same run (side by side), else its published figure.
+    TimesReference(f64),
 }
 
 impl Bound {
-    pub fn passes(self, value: f64) -> bool {
+    /// Whether `value` meets the bound; `reference` is the reference's
+    /// figure that a [`Bound::TimesReference`] scales (`None`: unknown, fails).
+    pub fn passes(self, value: f64, reference: Option<f64>) -> bool {
         match self {
             Bound::AtMost(limit) => value <= limit,
             Bound::AtLeast(limit) => value >= limit,
+            Bound::TimesReference(k) => reference.is_some_and(|r| value >= k * r),
+        }
+    }
+
+    /// The limit in force, for the table (`text` is the target's description).
+    fn describe(self, text: &str, reference: Option<f64>) -> String {
+        match (self, reference) {
+            (Bound::TimesReference(k), Some(r)) => format!("{text} = {}", fmt_num(k * r)),
+            _ => text.to_owned(),
         }
     }
 }
@@ -240,8 +254,9 @@ pub fn print_results(
             format!("{} ({})", metric.label, metric.unit),
             fmt_summary(ours),
         ];
+        let measured = reference.and_then(|r| run.summary(r, metric.key));
+        let reference_value = measured.map(|s| s.median).or(metric.published);
         if show_reference {
-            let measured = reference.and_then(|r| run.summary(r, metric.key));
             let (text, value) = match (measured, metric.published) {
                 (Some(s), _) => (fmt_summary(Some(s)), Some(s.median)),
                 (None, Some(p)) => {
@@ -260,11 +275,11 @@ pub fn print_results(
         }
         match (metric.target, ours) {
             (Some((bound, text)), Some(o)) => {
-                let pass = bound.passes(o.median);
+                let pass = bound.passes(o.median, reference_value);
                 if !pass {
                     failures += 1;
                 }
-                row.push(text.to_owned());
+                row.push(bound.describe(text, reference_value));
                 row.push(if pass { "pass" } else { "FAIL" }.to_owned());
             }
             (Some((_, text)), None) => {
