@@ -1,4 +1,5 @@
-//! Busy-polling after activity: for a short window after each request the
+//! Busy-polling after activity: for a short window after each authenticated,
+//! successful request (an answer marked [`crate::http::PollAfter`]) the
 //! worker's runtime keeps checking its sockets instead of putting the thread
 //! to sleep, so a request that follows closely (a session's `/session/end`
 //! after its create, a client's next `/ping`) is picked up at once instead of
@@ -7,8 +8,13 @@
 //! own work on a request.
 //!
 //! Outside the window the worker sleeps as usual and uses no CPU. The cost is
-//! bounded: at most one window of polling per request, and none while idle.
-//! A window of zero turns polling off.
+//! bounded: at most one window of polling per such request, and none while
+//! idle. A window of zero turns polling off.
+//!
+//! Ordering: [`BusyPoll::touch`] stores the time, then sets `polling`; the
+//! poller clears `polling`, then reads the time. Both pairs are `SeqCst`, so
+//! at least one side sees the other's write and no touch goes unnoticed, on
+//! any runtime.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,7 +39,7 @@ pub struct BusyPoll {
     /// Whether the polling task is (or is about to be) polling.
     polling: AtomicBool,
     wake: Notify,
-    /// Number of polling spells started, for tests and metrics.
+    /// Number of polling spells started (read by tests).
     spells: AtomicU64,
 }
 
@@ -60,8 +66,8 @@ impl BusyPoll {
         if self.window_ns == 0 {
             return;
         }
-        self.last_ns.store(self.now_ns(), Ordering::Release);
-        if !self.polling.swap(true, Ordering::AcqRel) {
+        self.last_ns.store(self.now_ns(), Ordering::SeqCst);
+        if !self.polling.swap(true, Ordering::SeqCst) {
             self.wake.notify_one();
         }
     }
@@ -100,10 +106,10 @@ impl BusyPoll {
                     tokio::task::yield_now().await;
                     continue;
                 }
-                self.polling.store(false, Ordering::Release);
+                self.polling.store(false, Ordering::SeqCst);
                 // A touch between the check above and the store saw
                 // `polling` still set and did not notify: look again.
-                if self.within_window() && !self.polling.swap(true, Ordering::AcqRel) {
+                if self.within_window() && !self.polling.swap(true, Ordering::SeqCst) {
                     continue;
                 }
                 break;
@@ -112,7 +118,7 @@ impl BusyPoll {
     }
 
     fn within_window(&self) -> bool {
-        let last = self.last_ns.load(Ordering::Acquire);
+        let last = self.last_ns.load(Ordering::SeqCst);
         self.now_ns().saturating_sub(last) < self.window_ns
     }
 
@@ -168,7 +174,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn touches_during_a_spell_extend_it_instead_of_starting_another() {
-        let poll = BusyPoll::new(Duration::from_millis(20));
+        // A window far longer than the test, however slowly it runs.
+        let poll = BusyPoll::new(Duration::from_secs(30));
         let stop = CancellationToken::new();
         let task = tokio::spawn(Arc::clone(&poll).run(stop.clone()));
         for _ in 0..5 {

@@ -107,9 +107,9 @@ pub struct ServeArgs {
     #[arg(long, env = "NULLWORKER_FORCE_UPDATE_FILE", value_name = "FILE")]
     pub force_update_file: Option<PathBuf>,
 
-    /// Microseconds the worker keeps polling its sockets after a request
-    /// before it sleeps, so a closely following request is answered without
-    /// waiting for an idle CPU to wake; 0 turns this off [default: 500].
+    /// Microseconds the worker keeps polling its sockets after an
+    /// authenticated request before it sleeps, so a closely following request is answered
+    /// without waiting for an idle CPU to wake; 0 turns this off [default: 500].
     #[arg(long, env = "NULLWORKER_BUSY_POLL_US", value_name = "MICROSECONDS")]
     pub busy_poll_us: Option<String>,
 }

@@ -56,6 +56,20 @@ pub fn json_bytes(status: StatusCode, bytes: Bytes) -> Response {
     resp
 }
 
+/// Marks the answer to an authenticated, successful request: the worker
+/// polls for the client's next request after sending it (see
+/// [`crate::busy_poll`]). Other answers (refusals, malformed input, a
+/// session that does not exist) open no window, so that a peer without
+/// credentials cannot keep a CPU busy.
+#[derive(Debug, Clone, Copy)]
+pub struct PollAfter;
+
+/// `response` marked with [`PollAfter`].
+pub fn poll_after(mut response: Response) -> Response {
+    response.extensions_mut().insert(PollAfter);
+    response
+}
+
 /// `{"error": message}` with `status`.
 pub fn error(status: StatusCode, message: impl Into<String>) -> Response {
     json(status, &nullworker_protocol::ErrorBody::new(message))

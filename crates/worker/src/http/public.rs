@@ -24,7 +24,7 @@ use nullworker_protocol::{
 use serde_json::{json, Map, Value};
 
 use super::serve::ConnCutter;
-use super::{empty, error, json, json_bytes, read_json, show};
+use super::{empty, error, json, json_bytes, poll_after, read_json, show};
 use crate::app::{App, CloseReason};
 use crate::sessions::{OpenError, Session, SessionSpec};
 
@@ -151,7 +151,7 @@ pub async fn ping(State(app): State<Arc<App>>, req: Request) -> Response {
             let key = app.metrics.plain_admitted(request_idx, PING_WORKLOAD, now);
             app.metrics
                 .plain_finished(key, DeleteRequestStatus::Success, app.clock.now_epoch());
-            json_bytes(StatusCode::OK, Bytes::from_static(PING_RESULT))
+            poll_after(json_bytes(StatusCode::OK, Bytes::from_static(PING_RESULT)))
         }
         Some(session) => {
             app.metrics.in_session_admitted(PING_WORKLOAD);
@@ -163,7 +163,7 @@ pub async fn ping(State(app): State<Arc<App>>, req: Request) -> Response {
                 return error(StatusCode::GONE, "invalid session");
             }
             app.metrics.in_session_succeeded(PING_WORKLOAD);
-            json_bytes(StatusCode::OK, Bytes::from_static(PING_RESULT))
+            poll_after(json_bytes(StatusCode::OK, Bytes::from_static(PING_RESULT)))
         }
     }
 }
@@ -295,13 +295,13 @@ pub async fn session_create(State(app): State<Arc<App>>, req: Request) -> Respon
     }
     let (request_idx, cost) = (spec.request_idx, spec.cost);
     match app.open_session(spec) {
-        Ok(session) => json(
+        Ok(session) => poll_after(json(
             StatusCode::CREATED,
             &SessionCreateResponse {
                 session_id: session.id.clone(),
                 expiration: session.expiration(),
             },
-        ),
+        )),
         Err(OpenError::Full(_)) => {
             app.metrics
                 .rejected(request_idx, cost, app.clock.now_epoch());
@@ -367,13 +367,13 @@ pub async fn session_end(State(app): State<Arc<App>>, req: Request) -> Response 
                 return bad_session_auth();
             }
             if app.close_session(&session, CloseReason::ClientEnd).await {
-                json(
+                poll_after(json(
                     StatusCode::OK,
                     &SessionEndResponse {
                         ended: true,
                         removed_session: session.id.clone(),
                     },
-                )
+                ))
             } else {
                 error(StatusCode::GONE, "session already closed")
             }
@@ -394,7 +394,7 @@ pub async fn session_get(State(app): State<Arc<App>>, req: Request) -> Response 
             if !auth_ok(&session, auth.as_ref()) {
                 return bad_session_auth();
             }
-            json(StatusCode::OK, &session.info())
+            poll_after(json(StatusCode::OK, &session.info()))
         }
     }
 }
@@ -412,7 +412,7 @@ pub async fn session_health(State(app): State<Arc<App>>, req: Request) -> Respon
             if !auth_ok(&session, auth.as_ref()) {
                 return bad_session_auth();
             }
-            json(StatusCode::OK, &OkResponse { ok: true })
+            poll_after(json(StatusCode::OK, &OkResponse { ok: true }))
         }
     }
 }

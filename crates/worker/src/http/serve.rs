@@ -2,8 +2,8 @@
 //! ring): one HTTP/1.1 connection task per client, a header-read timeout
 //! against slow clients, graceful drain on shutdown, and a per-connection
 //! [`ConnCutter`] so a handler can drop its client's connection without an
-//! answer (how a closing session cuts its in-flight requests, §9.4). Every
-//! request marks activity for [`BusyPoll`].
+//! answer (how a closing session cuts its in-flight requests, §9.4). An
+//! answer marked [`PollAfter`] starts a [`BusyPoll`] window.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::busy_poll::BusyPoll;
+use crate::http::PollAfter;
 
 /// Time a client has to send its request headers (and finish a TLS handshake).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -120,12 +121,17 @@ where
             req.extensions_mut().insert(cutter.clone());
             let answer = router.clone().oneshot(req.map(axum::body::Body::new));
             let busy_poll = Arc::clone(&busy_poll);
-            busy_poll.touch();
             async move {
                 let response = answer.await;
                 // The window runs from the answer, when the client's next
-                // request can follow.
-                busy_poll.touch();
+                // request can follow; only answers marked by their handler
+                // open one.
+                if response
+                    .as_ref()
+                    .is_ok_and(|r| r.extensions().get::<PollAfter>().is_some())
+                {
+                    busy_poll.touch();
+                }
                 response
             }
         });

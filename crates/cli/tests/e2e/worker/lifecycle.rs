@@ -241,6 +241,20 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_millis(ticks * 1000 / hz)
 }
 
+/// CPU time worker `w` uses while `request` is sent every 20 ms for `secs`.
+fn cpu_while_requesting(w: &Worker, secs: u64, mut request: impl FnMut(u64)) -> Duration {
+    let pid = w.child.id();
+    let before = cpu_time(pid);
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(secs) {
+        n += 1;
+        request(n);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cpu_time(pid) - before
+}
+
 #[test]
 fn busy_polling_follows_requests_and_stops_when_they_stop() {
     let engine = FakeEngine::start();
@@ -252,34 +266,41 @@ fn busy_polling_follows_requests_and_stops_when_they_stop() {
             .env("NULLWORKER_HEALTH_INTERVAL", "3600"),
     );
     wait_ready(&engine);
-    let pid = w.child.id();
 
-    // A request every 20 ms for a second: each one extends the window, so
-    // the worker polls the whole time instead of sleeping between them.
-    let before = cpu_time(pid);
-    let started = Instant::now();
-    let mut idx = 1;
-    while started.elapsed() < Duration::from_secs(1) {
-        let body = json!({"auth_data": signed_auth(&w.url, idx, 1), "payload": {}});
+    // Signed requests 20 ms apart: each extends the window, so the worker
+    // polls the whole time instead of sleeping between them (a worker that
+    // sleeps uses a few tens of ms for these 100 requests).
+    let busy = cpu_while_requesting(&w, 2, |n| {
+        let body = json!({"auth_data": signed_auth(&w.url, n, 1), "payload": {}});
         assert_eq!(w.post("/ping", &body).0, 200);
-        idx += 1;
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let busy = cpu_time(pid) - before;
+    });
     assert!(
-        busy >= Duration::from_millis(250),
-        "the worker used {busy:?} of CPU in a second of requests 20 ms apart; \
+        busy >= Duration::from_millis(300),
+        "the worker used {busy:?} of CPU in 2 s of signed requests 20 ms apart; \
          it should poll between them"
     );
 
     // Once the window after the last request has passed, it sleeps.
     std::thread::sleep(Duration::from_millis(300));
-    let quiet_from = cpu_time(pid);
-    std::thread::sleep(Duration::from_secs(1));
-    let quiet = cpu_time(pid) - quiet_from;
+    let quiet = cpu_while_requesting(&w, 1, |_| {});
     assert!(
         quiet <= Duration::from_millis(100),
         "the worker used {quiet:?} of CPU in a quiet second; it should sleep"
+    );
+
+    // Requests without credentials are answered but open no window.
+    let refused = cpu_while_requesting(&w, 1, |n| {
+        let mut auth = signed_auth(&w.url, n, 1);
+        auth["signature"] = json!("forged");
+        let body = json!({"auth_data": auth, "payload": {}});
+        assert_eq!(w.post("/ping", &body).0, 401);
+        let unknown = json!({"session_id": "AAAAAAAAAAAAA", "session_auth": {}});
+        assert_eq!(w.post("/session/health", &unknown).0, 200);
+    });
+    assert!(
+        refused <= Duration::from_millis(200),
+        "the worker used {refused:?} of CPU in a second of refused requests; \
+         they must not make it poll"
     );
 }
 
