@@ -176,13 +176,11 @@ impl Connection {
         Ok(Reply { status, body })
     }
 
-    /// Reads more bytes; the peer closing is an error.
+    /// Reads more bytes; the peer closing is an error. Cancel-safe: nothing
+    /// is added to the buffer unless bytes were read.
     async fn fill(&mut self) -> anyhow::Result<()> {
-        let len = self.buf.len();
-        self.buf.resize(len + 4096, 0);
-        let read = self.stream.read(&mut self.buf[len..]).await;
-        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-        match read? {
+        self.buf.reserve(4096);
+        match self.stream.read_buf(&mut self.buf).await? {
             0 => bail!("the connection was closed"),
             _ => Ok(()),
         }

@@ -37,7 +37,7 @@ impl Bound {
         match self {
             Bound::AtMost(limit) => value <= limit,
             Bound::AtLeast(limit) => value >= limit,
-            Bound::TimesReference(k) => reference.is_some_and(|r| value >= k * r),
+            Bound::TimesReference(k) => reference.is_some_and(|r| r > 0.0 && value >= k * r),
         }
     }
 
