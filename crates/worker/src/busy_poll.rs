@@ -56,11 +56,6 @@ impl BusyPoll {
         })
     }
 
-    /// The polling window.
-    pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window_ns)
-    }
-
     /// Records activity now: polling goes on until a window after this call.
     pub fn touch(&self) {
         if self.window_ns == 0 {

@@ -108,8 +108,9 @@ pub struct ServeArgs {
     pub force_update_file: Option<PathBuf>,
 
     /// Microseconds the worker keeps polling its sockets after an
-    /// authenticated request before it sleeps, so a closely following request is answered
-    /// without waiting for an idle CPU to wake; 0 turns this off [default: 500].
+    /// authenticated request before it sleeps, so that a closely following
+    /// request is answered without waiting for an idle CPU to wake; 0 turns
+    /// this off [default: 500].
     #[arg(long, env = "NULLWORKER_BUSY_POLL_US", value_name = "MICROSECONDS")]
     pub busy_poll_us: Option<String>,
 }

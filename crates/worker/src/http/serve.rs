@@ -42,7 +42,7 @@ pub struct ServeContext {
     pub shutdown: CancellationToken,
     /// Connection tasks are spawned here, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Told of every request.
+    /// Starts a polling window after each answer marked [`PollAfter`].
     pub busy_poll: Arc<BusyPoll>,
 }
 
