@@ -25,6 +25,21 @@ pub use canonical::{canonical_json, python_float_repr, python_json_eq, signing_m
 pub use messages::*;
 pub use signing::{KeyError, SignatureError, SigningKey, VerifyingKey};
 
+/// The worker's environment variables (PROTOCOL.md §8.1), apart from the
+/// `VAST_TCP_PORT_<port>` family that maps its ports.
+pub const WORKER_ENV_VARS: &[&str] = &[
+    "CONTAINER_ID",
+    "REPORT_ADDR",
+    "MASTER_TOKEN",
+    "WORKER_PORT",
+    "WORKER_HTTP_PORT",
+    "PUBLIC_IPADDR",
+    "USE_SSL",
+    "UNSECURED",
+    "BACKEND_HEALTH_URL",
+    "NULL_CONTROL_PORT",
+];
+
 /// Framework protocol version sent as `version` in worker reports.
 pub const FRAMEWORK_VERSION: &str = "1.1.0";
 /// The null worker's pinned `max_perf` (workload units per second).

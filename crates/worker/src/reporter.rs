@@ -109,6 +109,19 @@ async fn deliver(
     false
 }
 
+/// Waits until [`MIN_GAP`] after the previous send, then records this one;
+/// `false` if shutdown came first.
+async fn pace(last_send: &mut Option<Instant>, shutdown: &CancellationToken) -> bool {
+    if let Some(last) = *last_send {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep_until(last + MIN_GAP) => {}
+        }
+    }
+    *last_send = Some(Instant::now());
+    true
+}
+
 /// Sends `/worker_status/` on the §10.1 cadence and at once on urgent events.
 pub async fn status_loop(app: Arc<App>) {
     let mut baseline = disk_used_gib().unwrap_or(0.0);
@@ -132,16 +145,9 @@ pub async fn status_loop(app: Arc<App>) {
         if !(urgent || due) {
             continue;
         }
-        if let Some(last) = last_send {
-            let ready_at = last + MIN_GAP;
-            if Instant::now() < ready_at {
-                tokio::select! {
-                    () = app.shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(ready_at) => {}
-                }
-            }
+        if !pace(&mut last_send, &app.shutdown).await {
+            return;
         }
-        last_send = Some(Instant::now());
         app.report_taken();
         if send_status(&app, &mut baseline, NORMAL, &app.shutdown).await {
             last_success = Some(Instant::now());
@@ -206,16 +212,9 @@ pub async fn deletes_loop(app: Arc<App>) {
         if app.metrics.pending_deletes() == 0 {
             continue;
         }
-        if let Some(last) = last_send {
-            let ready_at = last + MIN_GAP;
-            if Instant::now() < ready_at {
-                tokio::select! {
-                    () = app.shutdown.cancelled() => return,
-                    () = tokio::time::sleep_until(ready_at) => {}
-                }
-            }
+        if !pace(&mut last_send, &app.shutdown).await {
+            return;
         }
-        last_send = Some(Instant::now());
         send_deletes(&app, NORMAL, &app.shutdown).await;
     }
 }

@@ -10,32 +10,23 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-/// Environment variables the worker and engine read: removed from every
-/// child so the caller's shell cannot leak into a measurement.
-pub const SCRUBBED_ENV: &[&str] = &[
-    "CONTAINER_ID",
-    "REPORT_ADDR",
-    "MASTER_TOKEN",
-    "WORKER_PORT",
-    "WORKER_HTTP_PORT",
-    "PUBLIC_IPADDR",
-    "USE_SSL",
-    "UNSECURED",
-    "BACKEND_HEALTH_URL",
-    "NULL_CONTROL_PORT",
-    "VAST_API_KEY",
-    "VAST_ENDPOINT",
-];
+/// Whether the `nullworker` binary reads environment variable `name`: the
+/// worker's (§8.1), the `VAST_*` ones (port mappings, account key) and our
+/// own `NULLWORKER_*` settings. Such variables are removed from every child
+/// so the caller's shell cannot leak into a measurement; settings meant for
+/// our worker go through `--ours-env`.
+pub fn read_by_nullworker(name: &str) -> bool {
+    nullworker_protocol::WORKER_ENV_VARS.contains(&name)
+        || name.starts_with("VAST_")
+        || name.starts_with("NULLWORKER_")
+}
 
-/// A command with [`SCRUBBED_ENV`] and every `VAST_TCP_PORT_*` removed,
-/// stdin closed, and stdout/stderr appended to `log`.
+/// A command without any variable [`read_by_nullworker`], stdin closed, and
+/// stdout/stderr appended to `log`.
 pub fn command(program: impl AsRef<std::ffi::OsStr>, log: &Path) -> anyhow::Result<Command> {
     let mut cmd = Command::new(program);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("VAST_TCP_PORT_") {
+        if read_by_nullworker(&key.to_string_lossy()) {
             cmd.env_remove(key);
         }
     }

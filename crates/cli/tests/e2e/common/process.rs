@@ -10,28 +10,21 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_nullworker")
 }
 
-/// A `nullworker` command with a clean environment for the variables the
-/// binary reads, so the developer's shell cannot leak into a test.
+/// Whether the `nullworker` binary reads environment variable `name`: the
+/// worker's (§8.1), the `VAST_*` ones (port mappings, account key) and our
+/// own `NULLWORKER_*` settings.
+pub fn read_by_nullworker(name: &str) -> bool {
+    nullworker_protocol::WORKER_ENV_VARS.contains(&name)
+        || name.starts_with("VAST_")
+        || name.starts_with("NULLWORKER_")
+}
+
+/// A `nullworker` command without any variable the binary reads, so the
+/// developer's shell cannot leak into a test.
 pub fn nullworker() -> Command {
     let mut cmd = Command::new(binary());
-    for var in [
-        "CONTAINER_ID",
-        "REPORT_ADDR",
-        "MASTER_TOKEN",
-        "WORKER_PORT",
-        "WORKER_HTTP_PORT",
-        "PUBLIC_IPADDR",
-        "USE_SSL",
-        "UNSECURED",
-        "BACKEND_HEALTH_URL",
-        "NULL_CONTROL_PORT",
-        "VAST_API_KEY",
-        "VAST_ENDPOINT",
-    ] {
-        cmd.env_remove(var);
-    }
-    for (key, _) in std::env::vars() {
-        if key.starts_with("VAST_TCP_PORT_") {
+    for (key, _) in std::env::vars_os() {
+        if read_by_nullworker(&key.to_string_lossy()) {
             cmd.env_remove(key);
         }
     }
