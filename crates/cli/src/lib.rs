@@ -5,8 +5,11 @@
 //! Every role lives in its own crate (`nullworker-worker`, `nullworker-engine`,
 //! `nullworker-client`); this crate only connects them.
 
+pub mod consume;
 pub mod demo;
+pub mod dispatch;
 pub mod logging;
+pub mod queue;
 
 use std::process::ExitCode;
 

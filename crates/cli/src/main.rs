@@ -34,6 +34,12 @@ enum Command {
     Endpoint(nullworker_engine::cli::EndpointArgs),
     /// Open sessions on an endpoint, hold them, close them (the demo client).
     Client(nullworker_client::cli::ClientArgs),
+    /// Keep one session open per job waiting or in flight on a queue.
+    Dispatch(nullworker::dispatch::DispatchArgs),
+    /// On a worker: wait for its session, run one job from the queue, release; repeat.
+    Consume(nullworker::consume::ConsumeArgs),
+    /// Push jobs to a queue, create it, or show its counts.
+    Queue(nullworker::queue::QueueArgs),
     /// Run the whole system on this machine: engine, endpoint, workers and a short client run.
     Demo(nullworker::demo::DemoArgs),
 }
@@ -64,6 +70,9 @@ fn main() -> ExitCode {
             Command::Engine(args) => nullworker_engine::cli::run_engine(args).await,
             Command::Endpoint(args) => nullworker_engine::cli::endpoint(args).await,
             Command::Client(args) => nullworker_client::cli::run(args).await,
+            Command::Dispatch(args) => nullworker::dispatch::run(args).await,
+            Command::Consume(args) => nullworker::consume::run(args).await,
+            Command::Queue(args) => nullworker::queue::run(args).await,
             Command::Demo(args) => nullworker::demo::run(args).await,
         }
     });

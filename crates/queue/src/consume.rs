@@ -1,0 +1,1 @@
+//! The consumer loop (in progress).
