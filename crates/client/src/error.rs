@@ -30,6 +30,8 @@ pub enum Step {
     CreateEndpoint,
     /// Releasing from the instance (`POST <control server>/release`).
     Release,
+    /// Reading the reservation status on the instance (`GET <control server>/session`).
+    SessionStatus,
 }
 
 impl fmt::Display for Step {
@@ -45,6 +47,9 @@ impl fmt::Display for Step {
             Self::ListWorkers => f.write_str("listing workers (POST /get_endpoint_workers/)"),
             Self::CreateEndpoint => f.write_str("creating the endpoint (POST /api/v0/endptjobs/)"),
             Self::Release => f.write_str("releasing on the instance (POST /release)"),
+            Self::SessionStatus => {
+                f.write_str("reading the reservation status on the instance (GET /session)")
+            }
         }
     }
 }

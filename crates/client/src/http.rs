@@ -134,6 +134,16 @@ impl Http {
         Ok(Reply { status, text, json })
     }
 
+    /// A GET without the common conventions: no `Authorization` header and
+    /// no query key (the worker's control server refuses unknown parameters).
+    pub async fn get_plain(&self, url: &str, timeout: Duration) -> Result<Reply, reqwest::Error> {
+        let response = self.client.get(url).timeout(timeout).send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        let json = serde_json::from_str(text.trim()).ok();
+        Ok(Reply { status, text, json })
+    }
+
     /// [`Self::send`] retried on retryable statuses and transport errors, up
     /// to `attempts` attempts with the SDK's helper backoff. The last reply
     /// (of any status) is returned; the last transport error becomes

@@ -13,7 +13,8 @@
 //!   backoff; retryable statuses and transport errors are retried with backoff.
 //! * [`Session`] — a held worker with a renewed lease: [`Session::close`],
 //!   [`Session::is_open`], [`Session::request`], [`Session::ended`].
-//! * [`consumer::release`] — the consumer's `POST /release` on the instance.
+//! * [`consumer::release`] and [`consumer::session_status`] — the consumer's
+//!   `POST /release` and `GET /session` on the instance.
 //! * [`Error`] — every failure names the step ([`Step`]) and the reason.
 //!
 //! Modules: `config` (instances, builder), `http` (the one HTTP helper),

@@ -795,7 +795,11 @@ fn endpoint_params(obj: &Map<String, Value>) -> Result<EndpointParams, String> {
         !v.is_null()
             && !matches!(
                 k.as_str(),
-                "worker_command" | "consumer_command" | "worker_env" | "env"
+                "worker_command"
+                    | "consumer_command"
+                    | "consumer_health_path"
+                    | "worker_env"
+                    | "env"
             )
     });
     serde_json::from_value(Value::Object(clean))
@@ -805,9 +809,22 @@ fn endpoint_params(obj: &Map<String, Value>) -> Result<EndpointParams, String> {
 /// Applies the template keys of a create/update body to `template`:
 /// absent keys keep their value, `null` clears it.
 fn apply_template(obj: &Map<String, Value>, template: &mut WorkerTemplate) -> Result<(), String> {
-    for (key, slot) in [
-        ("worker_command", &mut template.worker_command),
-        ("consumer_command", &mut template.consumer_command),
+    for (key, slot, expected) in [
+        (
+            "worker_command",
+            &mut template.worker_command,
+            "a shell command line",
+        ),
+        (
+            "consumer_command",
+            &mut template.consumer_command,
+            "a shell command line",
+        ),
+        (
+            "consumer_health_path",
+            &mut template.consumer_health_path,
+            "a URL path such as \"/health\"",
+        ),
     ] {
         match obj.get(key) {
             None => {}
@@ -815,7 +832,7 @@ fn apply_template(obj: &Map<String, Value>, template: &mut WorkerTemplate) -> Re
             Some(Value::String(s)) => *slot = Some(s.clone()),
             Some(other) => {
                 return Err(format!(
-                    "{key}: expected a shell command line as a string, got {other}"
+                    "{key}: expected {expected} as a string, got {other}"
                 ))
             }
         }
@@ -859,6 +876,10 @@ fn record_with_template(ep: &Endpoint) -> Value {
         map.insert(
             "consumer_command".into(),
             json!(ep.stored.template.consumer_command),
+        );
+        map.insert(
+            "consumer_health_path".into(),
+            json!(ep.stored.template.consumer_health_path),
         );
         map.insert("worker_env".into(), json!(ep.stored.template.env));
         map.insert("spawn_backoff".into(), backoff_json(ep));
@@ -1058,6 +1079,7 @@ async fn list_workers(
                     map.insert("error".into(), json!(w.error));
                     map.insert("external".into(), json!(w.external));
                     map.insert("control_port".into(), json!(w.control_port()));
+                    map.insert("consumer_port".into(), json!(w.consumer_port()));
                     map.insert("pid".into(), json!(pid));
                     map.insert("consumer_pid".into(), json!(consumer_pid));
                 }
@@ -1143,6 +1165,7 @@ fn workergroup_json(ep: &Endpoint) -> Value {
         "endpoint_id": ep.stored.id,
         "worker_command": ep.stored.template.worker_command,
         "consumer_command": ep.stored.template.consumer_command,
+        "consumer_health_path": ep.stored.template.consumer_health_path,
         "env": ep.stored.template.env,
     })
 }

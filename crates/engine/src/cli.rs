@@ -223,9 +223,16 @@ struct ParamArgs {
     /// Worker command (shell command line). Default: `nullworker serve`.
     #[arg(long)]
     worker_command: Option<String>,
-    /// Consumer command started beside each worker with the same environment.
+    /// Consumer command started beside each worker with the same environment
+    /// plus NULL_CONSUMER_PORT, a free loopback port of its own.
     #[arg(long)]
     consumer_command: Option<String>,
+    /// Path of the consumer's health endpoint on NULL_CONSUMER_PORT (e.g.
+    /// /health): each worker then checks
+    /// BACKEND_HEALTH_URL=http://127.0.0.1:<NULL_CONSUMER_PORT><PATH>, unless
+    /// --worker-env sets BACKEND_HEALTH_URL.
+    #[arg(long, value_name = "PATH")]
+    consumer_health_path: Option<String>,
     /// Extra environment for worker and consumer, KEY=VALUE (repeatable).
     #[arg(long = "worker-env", value_name = "KEY=VALUE")]
     worker_env: Vec<String>,
@@ -261,6 +268,10 @@ impl ParamArgs {
         put(
             "consumer_command",
             self.consumer_command.clone().map(Value::from),
+        );
+        put(
+            "consumer_health_path",
+            self.consumer_health_path.clone().map(Value::from),
         );
         if !self.worker_env.is_empty() {
             let mut env = BTreeMap::new();

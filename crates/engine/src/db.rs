@@ -439,6 +439,7 @@ mod tests {
         let settings = EndpointSettings::default();
         let template = WorkerTemplate {
             consumer_command: Some("sleep 100".into()),
+            consumer_health_path: Some("/health".into()),
             ..Default::default()
         };
         let ep = db

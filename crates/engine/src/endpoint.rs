@@ -270,6 +270,12 @@ pub struct WorkerTemplate {
     /// Extra environment for worker and consumer (e.g. `BACKEND_HEALTH_URL`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Path of the consumer's health endpoint (e.g. `/health`), served on
+    /// `NULL_CONSUMER_PORT`: the worker is then given
+    /// `BACKEND_HEALTH_URL=http://127.0.0.1:<NULL_CONSUMER_PORT><path>`
+    /// unless `env` sets `BACKEND_HEALTH_URL`. Needs a `consumer_command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumer_health_path: Option<String>,
 }
 
 impl WorkerTemplate {
@@ -291,6 +297,22 @@ impl WorkerTemplate {
                 ));
             }
         }
+        if let Some(path) = &self.consumer_health_path {
+            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ParamError::new(
+                    "consumer_health_path",
+                    format!("{path:?}: expected a URL path starting with / and without spaces"),
+                ));
+            }
+            if self.consumer_command.is_none() {
+                return Err(ParamError::new(
+                    "consumer_health_path",
+                    format!(
+                        "{path:?} is set without consumer_command: expected a consumer to serve it"
+                    ),
+                ));
+            }
+        }
         for (key, value) in &self.env {
             let ok = !key.is_empty()
                 && !key.as_bytes()[0].is_ascii_digit()
@@ -309,6 +331,17 @@ impl WorkerTemplate {
             }
         }
         Ok(())
+    }
+
+    /// The `BACKEND_HEALTH_URL` the engine gives a worker whose consumer
+    /// listens on `consumer_port`: derived from [`Self::consumer_health_path`]
+    /// when there is a consumer and `env` does not set one itself.
+    pub fn consumer_health_url(&self, consumer_port: u16) -> Option<String> {
+        let path = self.consumer_health_path.as_deref()?;
+        if self.consumer_command.is_none() || self.env.contains_key("BACKEND_HEALTH_URL") {
+            return None;
+        }
+        Some(format!("http://127.0.0.1:{consumer_port}{path}"))
     }
 }
 
@@ -374,5 +407,53 @@ mod tests {
         t.validate().unwrap();
         t.env.insert("1BAD".into(), "x".into());
         assert_eq!(t.validate().unwrap_err().field, "env");
+    }
+
+    #[test]
+    fn consumer_health_path_is_checked_and_derives_the_health_url() {
+        let with =
+            |consumer: Option<&str>, path: Option<&str>, env: &[(&str, &str)]| WorkerTemplate {
+                consumer_command: consumer.map(str::to_owned),
+                consumer_health_path: path.map(str::to_owned),
+                env: env
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ..Default::default()
+            };
+        let t = with(Some("./consume"), Some("/health"), &[]);
+        t.validate().unwrap();
+        assert_eq!(
+            t.consumer_health_url(41_234).as_deref(),
+            Some("http://127.0.0.1:41234/health")
+        );
+        // The endpoint's own BACKEND_HEALTH_URL wins.
+        let own = with(
+            Some("./consume"),
+            Some("/health"),
+            &[("BACKEND_HEALTH_URL", "http://127.0.0.1:9/ok")],
+        );
+        own.validate().unwrap();
+        assert_eq!(own.consumer_health_url(41_234), None);
+        // No path: nothing derived.
+        assert_eq!(
+            with(Some("./consume"), None, &[]).consumer_health_url(1),
+            None
+        );
+
+        for (consumer, path) in [
+            (Some("./consume"), "health"),
+            (Some("./consume"), "/he alth"),
+            (Some("./consume"), ""),
+            (None, "/health"),
+        ] {
+            let err = with(consumer, Some(path), &[]).validate().unwrap_err();
+            assert_eq!(err.field, "consumer_health_path", "{path:?}: {err}");
+            assert!(err.message.contains(&format!("{path:?}")), "{err}");
+        }
+        // Stored templates without the field still load.
+        let old: WorkerTemplate =
+            serde_json::from_str(r#"{"consumer_command": "./consume"}"#).unwrap();
+        assert_eq!(old.consumer_health_path, None);
     }
 }

@@ -166,6 +166,8 @@ pub struct WorkerInfo {
     pub url: Option<String>,
     /// `NULL_CONTROL_PORT`: the worker's loopback `POST /release` server.
     pub control_port: Option<u16>,
+    /// `NULL_CONSUMER_PORT`: the port given to its consumer, if it has one.
+    pub consumer_port: Option<u16>,
     /// Worker process id, while it runs.
     pub pid: Option<i32>,
     /// Consumer process id, while it runs.
@@ -182,6 +184,7 @@ impl WorkerInfo {
             state: w.state,
             url: w.url.as_deref().map(str::to_owned),
             control_port: w.control_port(),
+            consumer_port: w.consumer_port(),
             pid,
             consumer_pid,
             external: w.external,

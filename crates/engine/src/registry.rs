@@ -121,6 +121,12 @@ impl Worker {
         self.spawned.as_ref().map(|s| s.control_port)
     }
 
+    /// `NULL_CONSUMER_PORT` of its running consumer (the port its health
+    /// endpoint may listen on); `None` without a consumer.
+    pub fn consumer_port(&self) -> Option<u16> {
+        self.spawned.as_ref().and_then(|s| s.consumer_port)
+    }
+
     /// Process ids of the worker and its consumer, while they run.
     pub fn pids(&self) -> (Option<i32>, Option<i32>) {
         let spawned = self.spawned.as_ref();

@@ -1,6 +1,7 @@
 //! Worker processes: spawning `nullworker serve` (or the workergroup's
 //! command) with the §12.2 environment on free loopback ports, an optional
-//! consumer process beside it with the same environment, logs captured per
+//! consumer process beside it with the same environment (plus a free port of
+//! its own, `NULL_CONSUMER_PORT`, for its health endpoint), logs captured per
 //! process under the worker's directory, exit watching, and stopping
 //! (SIGTERM to the process group, SIGKILL after a grace).
 //!
@@ -90,6 +91,9 @@ pub struct Spawned {
     pub worker_port: u16,
     /// `NULL_CONTROL_PORT`.
     pub control_port: u16,
+    /// `NULL_CONSUMER_PORT`: the port given to the consumer for its health
+    /// endpoint (only with a consumer).
+    pub consumer_port: Option<u16>,
     /// The worker process.
     pub worker: ProcHandle,
     /// The consumer process, if the template has one.
@@ -258,6 +262,16 @@ impl Supervisor {
         while control_port == worker_port || control_port == http_port {
             control_port = free_port().map_err(io("port allocation"))?;
         }
+        let consumer_port = match &template.consumer_command {
+            Some(_) => {
+                let mut port = free_port().map_err(io("port allocation"))?;
+                while [worker_port, http_port, control_port].contains(&port) {
+                    port = free_port().map_err(io("port allocation"))?;
+                }
+                Some(port)
+            }
+            None => None,
+        };
         let url = format!("http://127.0.0.1:{worker_port}");
         let mut env: Vec<(String, String)> = vec![
             ("CONTAINER_ID".into(), worker_id.to_string()),
@@ -274,6 +288,12 @@ impl Supervisor {
             ("UNSECURED".into(), "false".into()),
             ("NULL_CONTROL_PORT".into(), control_port.to_string()),
         ];
+        if let Some(port) = consumer_port {
+            env.push(("NULL_CONSUMER_PORT".into(), port.to_string()));
+            if let Some(url) = template.consumer_health_url(port) {
+                env.push(("BACKEND_HEALTH_URL".into(), url));
+            }
+        }
         for (key, value) in &template.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));
@@ -328,6 +348,7 @@ impl Supervisor {
             url,
             worker_port,
             control_port,
+            consumer_port,
             worker,
             consumer,
         })
@@ -492,8 +513,9 @@ mod tests {
         let (sup, mut rx) = supervisor(dir.path(), Duration::from_secs(5));
         let template = WorkerTemplate {
             worker_command: Some("env; echo to-stderr >&2".into()),
-            consumer_command: Some("echo consumer $NULL_CONTROL_PORT".into()),
+            consumer_command: Some("echo consumer $NULL_CONTROL_PORT $NULL_CONSUMER_PORT".into()),
             env: [("EXTRA_VAR".to_owned(), "42".to_owned())].into(),
+            consumer_health_path: Some("/healthz".into()),
         };
         let spawned = sup.spawn(7, "tok", &template).unwrap();
         let mut seen = Vec::new();
@@ -515,11 +537,93 @@ mod tests {
             "{log}"
         );
         assert!(log.contains("to-stderr"), "{log}");
+        // The consumer's own port: free, distinct from the worker's, and
+        // known to both processes; the worker's health check points at it.
+        let consumer_port = spawned.consumer_port.expect("a consumer port");
+        assert!(
+            ![spawned.worker_port, spawned.control_port].contains(&consumer_port),
+            "{consumer_port}"
+        );
+        assert!(
+            log.contains(&format!("NULL_CONSUMER_PORT={consumer_port}\n")),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!(
+                "BACKEND_HEALTH_URL=http://127.0.0.1:{consumer_port}/healthz\n"
+            )),
+            "{log}"
+        );
         let consumer = fs::read_to_string(sup.log_path(7, ProcKind::Consumer)).unwrap();
         assert!(
-            consumer.contains(&format!("consumer {}", spawned.control_port)),
+            consumer.contains(&format!(
+                "consumer {} {consumer_port}",
+                spawned.control_port
+            )),
             "{consumer}"
         );
+    }
+
+    /// The worker log of `id` once it contains `marker`.
+    fn wait_for_log(sup: &Supervisor, id: i64, marker: &str) -> String {
+        let mut log = String::new();
+        wait_until("the worker's environment in its log", || {
+            log = fs::read_to_string(sup.log_path(id, ProcKind::Worker)).unwrap_or_default();
+            log.contains(marker)
+        });
+        log
+    }
+
+    #[tokio::test]
+    async fn consumer_ports_are_distinct_and_only_given_with_a_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sup, mut rx) = supervisor(dir.path(), Duration::from_secs(5));
+        let with_consumer = WorkerTemplate {
+            worker_command: Some("env".into()),
+            consumer_command: Some("true".into()),
+            env: [(
+                "BACKEND_HEALTH_URL".to_owned(),
+                "http://127.0.0.1:9/own".to_owned(),
+            )]
+            .into(),
+            consumer_health_path: Some("/health".into()),
+        };
+        for id in 1..=3 {
+            let spawned = sup.spawn(id, "t", &with_consumer).unwrap();
+            let port = spawned.consumer_port.unwrap();
+            assert!(
+                ![spawned.worker_port, spawned.control_port].contains(&port),
+                "worker {id}: consumer port {port} is one of the worker's"
+            );
+            let log = wait_for_log(&sup, id, "NULL_CONSUMER_PORT=");
+            assert!(
+                log.contains(&format!("NULL_CONSUMER_PORT={port}\n")),
+                "{log}"
+            );
+        }
+        let plain = WorkerTemplate {
+            worker_command: Some("env".into()),
+            ..Default::default()
+        };
+        let spawned = sup.spawn(4, "t", &plain).unwrap();
+        assert_eq!(spawned.consumer_port, None);
+        // Every process exits: 3 workers and 3 consumers, then the plain worker.
+        for _ in 0..7 {
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        // The endpoint's own BACKEND_HEALTH_URL is kept.
+        let log = fs::read_to_string(sup.log_path(1, ProcKind::Worker)).unwrap();
+        assert!(
+            log.contains("BACKEND_HEALTH_URL=http://127.0.0.1:9/own\n"),
+            "{log}"
+        );
+        assert_eq!(log.matches("BACKEND_HEALTH_URL=").count(), 1, "{log}");
+        let log = fs::read_to_string(sup.log_path(4, ProcKind::Worker)).unwrap();
+        assert!(!log.contains("NULL_CONSUMER_PORT"), "{log}");
+        assert!(!log.contains("BACKEND_HEALTH_URL"), "{log}");
     }
 
     #[tokio::test]

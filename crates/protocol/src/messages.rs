@@ -648,6 +648,59 @@ impl ReleaseResponse {
     }
 }
 
+/// Reply of the null worker's `GET /session` on the control server: whether
+/// this worker holds a reservation now. **Our extension** (not in the
+/// reference worker); `GET /session?wait=S` long-polls until one is held.
+///
+/// `{"held": true, "session_id": "...", "since": 1764500000.123,
+/// "expiration": 1764500060.0, "open_sessions": 1}` or
+/// `{"held": false, "open_sessions": 0}`. With several sessions open (a
+/// worker with `max_sessions` above 1) the oldest one is described.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatusResponse {
+    /// Whether at least one session is open.
+    pub held: bool,
+    /// The (oldest) open session's id (only when `held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// When that session was opened, epoch seconds (only when `held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<f64>,
+    /// When that session expires unless extended, epoch seconds (only when `held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiration: Option<f64>,
+    /// Number of open sessions.
+    #[serde(default)]
+    pub open_sessions: u64,
+}
+
+impl SessionStatusResponse {
+    /// Largest accepted `wait` query value (seconds).
+    pub const MAX_WAIT_SECS: f64 = 3600.0;
+
+    /// `{"held": true, ...}` describing one open session.
+    pub fn held(session_id: String, since: f64, expiration: f64, open_sessions: u64) -> Self {
+        Self {
+            held: true,
+            session_id: Some(session_id),
+            since: Some(since),
+            expiration: Some(expiration),
+            open_sessions,
+        }
+    }
+
+    /// `{"held": false, "open_sessions": 0}`.
+    pub fn not_held() -> Self {
+        Self {
+            held: false,
+            session_id: None,
+            since: None,
+            expiration: None,
+            open_sessions: 0,
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // /get_endpoint_workers/ (§3.5)
 // ---------------------------------------------------------------------------

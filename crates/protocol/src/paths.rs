@@ -32,6 +32,8 @@ pub const PING: &str = "/ping";
 
 /// Null worker control server: release every open session.
 pub const RELEASE: &str = "/release";
+/// Null worker control server: reservation status (our extension), `?wait=S` long-polls.
+pub const SESSION_STATUS: &str = "/session";
 /// Null worker control server: stub health check.
 pub const HEALTH: &str = "/health";
 

@@ -277,6 +277,26 @@ fn release_response_shapes() {
 }
 
 #[test]
+fn session_status_response_shapes() {
+    let held = SessionStatusResponse::held("abc".into(), 1_764_500_000.125, 1_764_500_060.0, 1);
+    assert_eq!(
+        to_value(&held),
+        json!({"held": true, "session_id": "abc", "since": 1_764_500_000.125,
+               "expiration": 1_764_500_060.0, "open_sessions": 1})
+    );
+    assert_eq!(
+        serde_json::from_value::<SessionStatusResponse>(to_value(&held)).unwrap(),
+        held
+    );
+    assert_eq!(
+        to_value(&SessionStatusResponse::not_held()),
+        json!({"held": false, "open_sessions": 0})
+    );
+    let parsed: SessionStatusResponse = serde_json::from_value(json!({"held": false})).unwrap();
+    assert_eq!(parsed, SessionStatusResponse::not_held());
+}
+
+#[test]
 fn endpoint_worker_defaults() {
     let w: EndpointWorker = serde_json::from_value(json!({"id": 3})).unwrap();
     assert_eq!(w.status, "UNKNOWN");

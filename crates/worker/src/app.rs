@@ -3,7 +3,8 @@
 //! the on-close callback of §9.5 and the expiry task that closes each session
 //! at its deadline),
 //! signature verification with a small cache of verified pairs, readiness,
-//! and recording errors.
+//! recording errors, and the reservation status the control server's
+//! `GET /session` reports ([`App::session_status`]).
 //!
 //! HTTP parsing lives in [`crate::http`], report delivery in
 //! [`crate::reporter`]; both call into this module.
@@ -12,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-use nullworker_protocol::{SignatureError, VerifyingKey};
+use nullworker_protocol::{SessionStatusResponse, SignatureError, VerifyingKey};
 use serde_json::{Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -348,6 +349,37 @@ impl App {
         Ok(session)
     }
 
+    /// Whether this worker holds a session, waiting up to `wait` for one to
+    /// open when none is (`GET /session?wait=S`). Answers at once when a
+    /// session is open, "not held" when `wait` passes or the worker starts
+    /// shutting down. Woken by the session table's open count, not by polling.
+    pub async fn session_status(&self, wait: Duration) -> SessionStatusResponse {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.sessions.subscribe();
+        loop {
+            // Marks the count seen before looking, so an open after the look wakes us.
+            changes.borrow_and_update();
+            if let Some((session, open)) = self.sessions.oldest() {
+                return SessionStatusResponse::held(
+                    session.id.clone(),
+                    session.created_at,
+                    session.expiration(),
+                    open as u64,
+                );
+            }
+            tokio::select! {
+                biased;
+                () = self.shutdown.cancelled() => break,
+                changed = tokio::time::timeout_at(deadline, changes.changed()) => match changed {
+                    Ok(Ok(())) => continue,
+                    // Timed out, or the table is gone.
+                    _ => break,
+                },
+            }
+        }
+        SessionStatusResponse::not_held()
+    }
+
     /// The expiry task: sleeps until the earliest deadline, closes the
     /// sessions that are due (each in its own task, so a slow callback
     /// delays no other expiry), and runs until shutdown.
@@ -576,6 +608,72 @@ mod tests {
         assert!(!later.closed().is_cancelled());
         assert!(app.close_session(&later, CloseReason::ClientEnd).await);
         assert!(!app.close_session(&later, CloseReason::ClientEnd).await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_status_answers_at_once_or_when_a_session_opens() {
+        let app = test_app();
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            app.session_status(Duration::ZERO).await,
+            SessionStatusResponse::not_held()
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // A long poll started before the session opens returns when it opens.
+        let waiting = tokio::spawn({
+            let app = Arc::clone(&app);
+            async move { app.session_status(Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!waiting.is_finished());
+        let session = app.open_session(spec(1, 60.0)).unwrap();
+        let status = waiting.await.unwrap();
+        assert_eq!(
+            start.elapsed(),
+            Duration::from_secs(10),
+            "woken, not polled"
+        );
+        assert_eq!(
+            status,
+            SessionStatusResponse::held(session.id.clone(), 1_010.0, 1_070.0, 1)
+        );
+
+        // Held: answered at once, whatever the wait.
+        let again = app.session_status(Duration::from_secs(3_600)).await;
+        assert_eq!(again, status);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+
+        // Closed: a wait runs to its end and answers "not held".
+        assert!(app.close_session(&session, CloseReason::Release).await);
+        let before = tokio::time::Instant::now();
+        assert_eq!(
+            app.session_status(Duration::from_millis(2_500)).await,
+            SessionStatusResponse::not_held()
+        );
+        assert_eq!(before.elapsed(), Duration::from_millis(2_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn session_status_describes_the_oldest_and_ends_on_shutdown() {
+        let app = test_app();
+        let first = app.open_session(spec(1, 60.0)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        app.open_session(spec(2, 60.0)).unwrap();
+        let status = app.session_status(Duration::ZERO).await;
+        assert_eq!(status.session_id.as_deref(), Some(first.id.as_str()));
+        assert_eq!(status.open_sessions, 2);
+        app.close_all(CloseReason::Release, CALLBACK_TIMEOUT).await;
+
+        let waiting = tokio::spawn({
+            let app = Arc::clone(&app);
+            async move { app.session_status(Duration::from_secs(600)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let before = tokio::time::Instant::now();
+        app.shutdown.cancel();
+        assert_eq!(waiting.await.unwrap(), SessionStatusResponse::not_held());
+        assert_eq!(before.elapsed(), Duration::ZERO, "shutdown ends the wait");
     }
 
     #[tokio::test(start_paused = true)]

@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[arg(long, env = "BACKEND_HEALTH_URL", value_name = "URL")]
     pub backend_health_url: Option<String>,
 
-    /// Port of the loopback control server (`/release`, `/health`) [default: 18999].
+    /// Port of the loopback control server (`/release`, `/health`, `/session`) [default: 18999].
     #[arg(long, env = "NULL_CONTROL_PORT", value_name = "PORT")]
     pub control_port: Option<String>,
 

@@ -9,7 +9,9 @@
 //! sessions costs no timer work. Closing a session (metrics, callback,
 //! reports, logs) is orchestrated by [`crate::app`]. Each session carries a
 //! cancellation token that fires when it leaves the table, which cuts its
-//! in-flight requests.
+//! in-flight requests. The number of open sessions is published on a
+//! `watch` channel ([`SessionTable::subscribe`]), which is how the control
+//! server's `GET /session?wait=S` learns that a session opened.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use nullworker_protocol as protocol;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -137,6 +139,8 @@ pub struct SessionTable {
     closed_for_new: AtomicBool,
     /// Wakes the expiry task when a deadline earlier than its alarm appears.
     wake: Notify,
+    /// The number of open sessions, published on every open and close.
+    open_count: watch::Sender<usize>,
 }
 
 impl SessionTable {
@@ -147,7 +151,31 @@ impl SessionTable {
             max_sessions,
             closed_for_new: AtomicBool::new(false),
             wake: Notify::new(),
+            open_count: watch::Sender::new(0),
         }
+    }
+
+    /// Publishes the number of open sessions (called with the lock held, so
+    /// the published counts follow the table's order of changes).
+    fn publish(&self, inner: &Inner) {
+        self.open_count.send_if_modified(|count| {
+            let changed = *count != inner.sessions.len();
+            *count = inner.sessions.len();
+            changed
+        });
+    }
+
+    /// A receiver of the number of open sessions, marked changed whenever a
+    /// session opens or closes after it was last read.
+    pub fn subscribe(&self) -> watch::Receiver<usize> {
+        self.open_count.subscribe()
+    }
+
+    /// The oldest open session and how many sessions are open.
+    pub fn oldest(&self) -> Option<(Arc<Session>, usize)> {
+        let inner = self.lock();
+        let oldest = inner.sessions.values().min_by_key(|s| s.seq)?;
+        Some((Arc::clone(oldest), inner.sessions.len()))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -188,6 +216,7 @@ impl SessionTable {
         let deadline = session.deadline();
         inner.deadlines.insert((deadline, id.clone()));
         inner.sessions.insert(id, Arc::clone(&session));
+        self.publish(&inner);
         let earlier = match inner.armed {
             None => true,
             Some(armed) => deadline < armed,
@@ -235,6 +264,7 @@ impl SessionTable {
             match inner.sessions.get(&session.id) {
                 Some(current) if Arc::ptr_eq(current, session) => {
                     Self::remove_locked(&mut inner, session);
+                    self.publish(&inner);
                     true
                 }
                 _ => false,
@@ -264,6 +294,7 @@ impl SessionTable {
             for session in &due {
                 Self::remove_locked(&mut inner, session);
             }
+            self.publish(&inner);
             due
         };
         for session in &due {
@@ -391,6 +422,37 @@ mod tests {
             table.open(spec(1.0), &clock).unwrap_err(),
             OpenError::Closed
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_count_is_published_on_every_change() {
+        let clock = Clock::anchored(0.0);
+        let table = SessionTable::new(None);
+        let mut count = table.subscribe();
+        assert_eq!(*count.borrow_and_update(), 0);
+        assert!(table.oldest().is_none());
+
+        let a = table.open(spec(1.0), &clock).unwrap();
+        assert!(count.has_changed().unwrap());
+        assert_eq!(*count.borrow_and_update(), 1);
+        let b = table.open(spec(5.0), &clock).unwrap();
+        assert_eq!(*count.borrow_and_update(), 2);
+        let (oldest, open) = table.oldest().unwrap();
+        assert!(Arc::ptr_eq(&oldest, &a));
+        assert_eq!(open, 2);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(table.take_due(clock.now()).len(), 1);
+        assert_eq!(*count.borrow_and_update(), 1);
+        assert!(Arc::ptr_eq(&table.oldest().unwrap().0, &b));
+        // Nothing taken out: nothing published.
+        assert!(table.take_due(clock.now()).is_empty());
+        assert!(!count.has_changed().unwrap());
+        assert!(table.remove(&b));
+        assert_eq!(*count.borrow_and_update(), 0);
+        assert!(!table.remove(&b));
+        assert!(!count.has_changed().unwrap());
+        assert!(table.oldest().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -320,6 +320,77 @@ fn engine_replaces_a_worker_whose_consumer_health_fails() {
     );
 }
 
+#[test]
+fn each_consumer_gets_its_own_port_and_the_health_url_is_derived() {
+    let engine = EngineGuard::start();
+    // Two workers, each with a consumer serving its health check on the port
+    // the engine gave it; a worker is ready only if its derived
+    // BACKEND_HEALTH_URL reaches its own consumer.
+    let consumer = "mkdir -p www && echo ok > www/healthz && cd www \
+                    && exec python3 -m http.server \"$NULL_CONSUMER_PORT\" --bind 127.0.0.1";
+    let ep = engine.create_seed_endpoint(
+        "consumer-ports",
+        json!({
+            "inactivity_timeout": -1,
+            "min_load": 200,
+            "max_workers": 2,
+            "consumer_command": consumer,
+            "consumer_health_path": "/healthz",
+        }),
+    );
+    let (status, v) = engine.api(Method::GET, &format!("/api/v0/endptjobs/{}/", ep.id), None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["result"]["consumer_health_path"],
+        json!("/healthz"),
+        "{v}"
+    );
+    let workers = wait_for("two IDLE workers with their consumers", LONG, || {
+        let ws = engine.workers_detail(&ep);
+        (ws.len() == 2 && ws.iter().all(|w| w["status"] == "IDLE")).then_some(ws)
+    });
+    let mut ports = Vec::new();
+    for w in &workers {
+        let consumer_port = w["consumer_port"].as_u64().expect("a consumer port");
+        let control_port = w["control_port"].as_u64().expect("a control port");
+        assert_ne!(consumer_port, control_port, "{w}");
+        ports.extend([consumer_port, control_port]);
+        // The consumer serves on the port it was given.
+        let resp = http()
+            .get(format!("http://127.0.0.1:{consumer_port}/healthz"))
+            .send()
+            .expect("the consumer's health endpoint");
+        assert_eq!(resp.status().as_u16(), 200);
+        // The worker was made ready by that consumer, not by its own stub.
+        let log_path = engine
+            .state_dir
+            .join(format!("workers/{}/worker.log", w["id"].as_i64().unwrap()));
+        let url = format!("http://127.0.0.1:{consumer_port}/healthz");
+        wait_for("the health check of the consumer's URL", LONG, || {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            (log.contains("consumer health check passed") && log.contains(&url)).then_some(())
+        });
+    }
+    let mut unique = ports.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), ports.len(), "ports shared: {ports:?}");
+
+    // A bad path, or a path without a consumer, is refused naming the field.
+    for body in [
+        json!({"endpoint_name": "bad-path", "consumer_command": "true", "consumer_health_path": "healthz"}),
+        json!({"endpoint_name": "no-consumer", "consumer_health_path": "/healthz"}),
+        json!({"endpoint_name": "not-a-string", "consumer_command": "true", "consumer_health_path": 7}),
+    ] {
+        let (status, v) = engine.api(Method::POST, "/api/v0/endptjobs/", Some(body.clone()));
+        assert_eq!(status, 400, "{body}: {v}");
+        assert!(
+            v["msg"].as_str().unwrap().contains("consumer_health_path"),
+            "{body}: {v}"
+        );
+    }
+}
+
 /// The endpoint's `spawn_backoff` as `endpoint show` (GET endptjobs) gives it.
 fn backoff(engine: &EngineGuard, ep: &TestEndpoint) -> Value {
     let (status, v) = engine.api(Method::GET, &format!("/api/v0/endptjobs/{}/", ep.id), None);

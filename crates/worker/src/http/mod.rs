@@ -3,8 +3,8 @@
 //! * [`public_router`]: `/ping`, `/session/*`, `/pyworker/update` on
 //!   `WORKER_PORT` (HTTP or HTTPS), see [`public`].
 //! * [`http_only_router`]: `/session/end` on `WORKER_HTTP_PORT`.
-//! * [`control_router`]: `/release` and `/health` on `127.0.0.1:NULL_CONTROL_PORT`,
-//!   see [`control`].
+//! * [`control_router`]: `/release`, `/health` and `/session` (our extension)
+//!   on `127.0.0.1:NULL_CONTROL_PORT`, see [`control`].
 //!
 //! Every error answer is JSON naming what was wrong (except the empty 401
 //! and 429 bodies the wire requires, quirk Q4); unknown routes get 404 and
@@ -219,11 +219,13 @@ pub fn http_only_router(app: Arc<App>) -> Router {
     .with_state(app)
 }
 
-/// The loopback control server's routes: `POST /release`, and `GET /health`
-/// when the health target is the stub.
+/// The loopback control server's routes: `POST /release`, `GET /session`
+/// (our extension), and `GET /health` when the health target is the stub.
 pub fn control_router(app: Arc<App>) -> Router {
     use nullworker_protocol::paths;
-    let mut router = Router::new().route(paths::RELEASE, post(control::release));
+    let mut router = Router::new()
+        .route(paths::RELEASE, post(control::release))
+        .route(paths::SESSION_STATUS, get(control::session));
     if app.config.health == crate::config::HealthTarget::Stub {
         router = router.route(paths::HEALTH, get(control::health));
     }

@@ -1,6 +1,10 @@
 //! Sessions over the wire: create, capacity, get/health, additive
 //! extension, end (public and HTTP-only listeners), expiry on time, the
-//! on-close callback, and what the engine is told about each.
+//! on-close callback, what the engine is told about each, and the control
+//! server's reservation status (`GET /session`, our extension).
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -401,4 +405,117 @@ fn release_command_fails_without_a_worker() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&port.to_string()), "{err}");
+}
+
+/// `GET /session<query>` on the control server over a plain connection. The
+/// request has been written when this returns; the thread reads the answer
+/// and returns its status, JSON body and the time from sending to answer.
+fn start_session_get(
+    control_port: u16,
+    query: &str,
+) -> std::thread::JoinHandle<(u16, Value, Duration)> {
+    let mut stream =
+        std::net::TcpStream::connect(("127.0.0.1", control_port)).expect("connect control port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let request =
+        format!("GET /session{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let sent = Instant::now();
+    stream
+        .write_all(request.as_bytes())
+        .expect("send GET /session");
+    std::thread::spawn(move || {
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).expect("read the answer");
+        let took = sent.elapsed();
+        let text = String::from_utf8(raw).expect("UTF-8 answer");
+        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no status in {head:?}"));
+        let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+        (status, body, took)
+    })
+}
+
+/// `GET /session<query>`, waited for.
+fn session_get(control_port: u16, query: &str) -> (u16, Value, Duration) {
+    start_session_get(control_port, query)
+        .join()
+        .expect("GET /session thread")
+}
+
+#[test]
+fn session_status_follows_reservations_and_long_polls() {
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine));
+    wait_ready(&engine);
+    let port = w.control_port;
+
+    // Nobody reserved this worker.
+    let (status, body, _) = session_get(port, "");
+    assert_eq!(
+        (status, body),
+        (200, json!({"held": false, "open_sessions": 0}))
+    );
+
+    // A long poll sent before the reservation answers once it exists.
+    let waiting = start_session_get(port, "?wait=60");
+    let before = epoch_now();
+    let (id, _) = w.open(1, 30.0, json!({}));
+    let after = epoch_now();
+    let (status, body, took) = waiting.join().expect("long poll thread");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["held"], json!(true), "{body}");
+    assert_eq!(body["session_id"], json!(id), "{body}");
+    assert_eq!(body["open_sessions"], json!(1), "{body}");
+    let since = body["since"].as_f64().unwrap();
+    assert!(
+        before - 0.5 <= since && since <= after + 0.5,
+        "since {since} outside [{before}, {after}]"
+    );
+    assert!((body["expiration"].as_f64().unwrap() - since - 30.0).abs() < 1e-6);
+    assert!(took < SOON, "the long poll answered after {took:?}");
+
+    // Held: answered at once, even with a long wait.
+    let (_, held, took) = session_get(port, "?wait=3600");
+    assert_eq!(held, body);
+    assert!(took < SOON, "{took:?}");
+
+    // Released: not held any more.
+    let (status, released) = w.release();
+    assert_eq!(status, 200, "{released}");
+    assert_eq!(released["session_ids"], json!([id]));
+    let (status, body, _) = session_get(port, "");
+    assert_eq!(
+        (status, body),
+        (200, json!({"held": false, "open_sessions": 0}))
+    );
+
+    // Nobody reserves it: the long poll answers "not held" at the end of the wait, not before.
+    let (status, body, took) = session_get(port, "?wait=1.5");
+    assert_eq!(
+        (status, body),
+        (200, json!({"held": false, "open_sessions": 0}))
+    );
+    assert!(
+        took >= Duration::from_millis(1_500),
+        "answered early, after {took:?}"
+    );
+    assert!(took < Duration::from_millis(1_500) + SOON, "{took:?}");
+
+    // A bad wait is refused, naming the value and the range.
+    for query in ["?wait=-1", "?wait=3601", "?wait=nan", "?wait=later"] {
+        let (status, body, _) = session_get(port, query);
+        assert_eq!(status, 400, "{query}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        let value = query.trim_start_matches("?wait=");
+        assert!(
+            message.contains(&format!("{value:?}")) && message.contains("from 0 to 3600"),
+            "{query}: {body}"
+        );
+    }
 }
