@@ -2,6 +2,7 @@
 //! one a [`QueueUrl`] names and checks that its queue exists.
 
 mod nats;
+mod redis_common;
 mod redis_list;
 mod redis_stream;
 mod sqlite;
