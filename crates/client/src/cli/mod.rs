@@ -133,7 +133,8 @@ pub struct ClientArgs {
     pub json: bool,
 }
 
-fn parse_instance(s: &str) -> Result<Instance, String> {
+/// Parses `--instance` (clap value parser; shared with `nullworker dispatch`).
+pub fn parse_instance(s: &str) -> Result<Instance, String> {
     s.parse::<Instance>().map_err(|e| e.to_string())
 }
 

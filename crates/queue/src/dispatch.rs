@@ -1,1 +1,0 @@
-//! The dispatcher (in progress).
