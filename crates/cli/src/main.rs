@@ -47,7 +47,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
-        Command::Serve(_) | Command::Engine(_) => "info",
+        Command::Serve(_) | Command::Engine(_) | Command::Dispatch(_) | Command::Consume(_) => {
+            "info"
+        }
         _ => "warn",
     };
     nullworker::logging::init(default_level);

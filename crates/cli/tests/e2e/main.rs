@@ -5,6 +5,8 @@
 mod common;
 
 mod client;
+mod dispatch;
 mod engine;
 mod interop;
+mod queue_cli;
 mod worker;

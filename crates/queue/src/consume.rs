@@ -1,1 +1,0 @@
-//! The consumer loop (in progress).
