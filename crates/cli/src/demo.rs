@@ -33,9 +33,10 @@ use nullworker_engine::{Engine, EngineConfig, EngineHandle};
 /// Name of the endpoint the demo creates.
 const DEMO_ENDPOINT: &str = "demo";
 /// Worker states that count as "up" in the timeline.
-const ACTIVE_STATES: [&str; 5] = ["CREATING", "LOADING", "MODEL_LOADING", "STARTING", "IDLE"];
+pub(crate) const ACTIVE_STATES: [&str; 5] =
+    ["CREATING", "LOADING", "MODEL_LOADING", "STARTING", "IDLE"];
 /// How long to wait for the endpoint to scale back to zero after the run.
-const SCALE_TO_ZERO_LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const SCALE_TO_ZERO_LIMIT: Duration = Duration::from_secs(60);
 
 /// Options of `nullworker demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +57,16 @@ pub struct DemoArgs {
     /// worker side (the consumer's `POST /release`); 0 disables it.
     #[arg(long, default_value_t = 8.0, allow_negative_numbers = true)]
     pub release_after: f64,
+
+    /// Run the queue demo instead: an embedded SQLite queue, `nullworker
+    /// dispatch` in process and `nullworker consume` beside each worker run
+    /// `--jobs` jobs of 2–6 s, one worker per job, 0 → N → 0.
+    #[arg(long)]
+    pub queue: bool,
+
+    /// Jobs the queue demo pushes (1 to 20; with --queue).
+    #[arg(long, default_value_t = 8, requires = "queue")]
+    pub jobs: u32,
 }
 
 struct DemoConfig {
@@ -63,7 +74,7 @@ struct DemoConfig {
     release_after: Option<Duration>,
 }
 
-fn seconds(flag: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
+pub(crate) fn seconds(flag: &str, value: f64, allow_zero: bool) -> anyhow::Result<Duration> {
     let ok = value.is_finite() && (value > 0.0 || (allow_zero && value == 0.0));
     anyhow::ensure!(
         ok,
@@ -104,10 +115,10 @@ impl DemoArgs {
 }
 
 /// A directory removed when dropped.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -127,9 +138,9 @@ impl Drop for TempDir {
 }
 
 /// Shared output: the run's display and the demo's own lines.
-type Out = Arc<Mutex<Box<dyn std::io::Write + Send>>>;
+pub(crate) type Out = Arc<Mutex<Box<dyn std::io::Write + Send>>>;
 
-fn say(out: &Out, t0: Instant, line: &str) {
+pub(crate) fn say(out: &Out, t0: Instant, line: &str) {
     let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
     let _ = writeln!(out, "[{:7.1}s] {line}", t0.elapsed().as_secs_f64());
     let _ = out.flush();
@@ -149,6 +160,16 @@ impl std::io::Write for SharedWriter {
 
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.queue {
+        if !(1..=20).contains(&args.jobs) {
+            eprintln!(
+                "nullworker: error: --jobs {} is invalid: expected 1 to 20",
+                args.jobs
+            );
+            return Ok(ExitCode::from(2));
+        }
+        return crate::demo_queue::run(args.jobs).await;
+    }
     let config = match args.validate() {
         Ok(config) => config,
         Err(err) => {
@@ -378,7 +399,7 @@ async fn release_later(
     }
 }
 
-async fn active_workers(endpoint: &Endpoint) -> Option<usize> {
+pub(crate) async fn active_workers(endpoint: &Endpoint) -> Option<usize> {
     let workers = endpoint.workers().await.ok()?;
     Some(
         workers
@@ -454,7 +475,7 @@ fn print_timeline(out: &Out, points: &[(f64, usize)]) {
 }
 
 /// Cancels `cancel` on the first SIGINT/SIGTERM; exits at once on the second.
-fn watch_interrupt(cancel: CancellationToken) -> CancellationToken {
+pub(crate) fn watch_interrupt(cancel: CancellationToken) -> CancellationToken {
     let received = CancellationToken::new();
     let flag = received.clone();
     tokio::spawn(async move {

@@ -7,6 +7,7 @@
 
 pub mod consume;
 pub mod demo;
+pub mod demo_queue;
 pub mod dispatch;
 pub mod logging;
 pub mod queue;
