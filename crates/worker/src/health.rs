@@ -1,5 +1,7 @@
 //! The consumer health check (PROTOCOL.md §8.3): GET `BACKEND_HEALTH_URL`
-//! at once and then every interval. The first success makes the worker ready
+//! at once and then every interval; until the first success, sooner (see
+//! [`next_check_in`]), so a consumer that starts beside the worker makes it
+//! ready within milliseconds instead of at the next 10 s tick. The first success makes the worker ready
 //! (with the key, see [`crate::app`]); before it failures are only logged,
 //! after it any failure records a sticky `error_msg` (Q12). With no
 //! `BACKEND_HEALTH_URL` the target is the control server's own stub, which is
@@ -15,6 +17,20 @@ use crate::config::HealthTarget;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long startup waits for the first success (§8.3).
 pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
+
+/// First delay between startup checks; it doubles up to the interval.
+const STARTUP_FIRST_RETRY: Duration = Duration::from_millis(25);
+
+/// How long to wait before the next check: the interval once the consumer
+/// has been healthy; before that, 25 ms doubling with each failed check
+/// (`failures` ≥ 1), never more than the interval.
+pub fn next_check_in(healthy_once: bool, failures: u32, interval: Duration) -> Duration {
+    if healthy_once {
+        return interval;
+    }
+    let doublings = failures.saturating_sub(1).min(16);
+    (STARTUP_FIRST_RETRY * (1u32 << doublings)).min(interval)
+}
 
 /// One check: `Ok` on HTTP 200, else the error text the reference records.
 pub async fn check_once(client: &reqwest::Client, url: &url::Url) -> Result<(), String> {
@@ -41,6 +57,7 @@ pub async fn health_loop(app: Arc<App>) {
     let mut healthy_once = false;
     let mut startup_failed = false;
     let mut last_failure: Option<String> = None;
+    let mut startup_failures = 0u32;
     loop {
         let outcome = tokio::select! {
             () = app.shutdown.cancelled() => return,
@@ -64,6 +81,7 @@ pub async fn health_loop(app: Arc<App>) {
                 last_failure = Some(message);
             }
             Err(message) => {
+                startup_failures = startup_failures.saturating_add(1);
                 tracing::debug!(%url, %message, "consumer not healthy yet");
                 if !startup_failed && started.elapsed() >= STARTUP_WAIT {
                     startup_failed = true;
@@ -76,7 +94,28 @@ pub async fn health_loop(app: Arc<App>) {
         }
         tokio::select! {
             () = app.shutdown.cancelled() => return,
-            () = tokio::time::sleep(app.config.health_interval) => {}
+            () = tokio::time::sleep(next_check_in(healthy_once, startup_failures, app.config.health_interval)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_checks_back_off_to_the_interval() {
+        let interval = Duration::from_secs(10);
+        let delays: Vec<u64> = (1..=12)
+            .map(|n| next_check_in(false, n, interval).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [25, 50, 100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+        );
+        assert_eq!(next_check_in(false, u32::MAX, interval), interval);
+        assert_eq!(next_check_in(true, 3, interval), interval);
+        let short = Duration::from_millis(30);
+        assert_eq!(next_check_in(false, 5, short), short);
     }
 }
