@@ -39,8 +39,8 @@ pub struct QueueArgs {
 enum QueueCommand {
     /// Add jobs to a queue; prints their ids, one per line.
     #[command(
-        after_help = "PAYLOAD may contain `{n}`, replaced by the job's 1-based number, so \
-`--count 8 'job {n}'` pushes `job 1` ... `job 8`. With `-` the payload is read from stdin \
+        after_help = "PAYLOAD may contain `{i}`, replaced by the job's 1-based number, so \
+`--count 8 'job {i}'` pushes `job 1` ... `job 8`. With `-` the payload is read from stdin \
 (all of it, as one job).\n\n\
 Exit 0 when every job was pushed; 1 on a runtime error (unreachable server, missing queue); 2 on a usage error."
     )]
@@ -112,9 +112,9 @@ pub fn parse_seconds(raw: &str) -> Result<Duration, String> {
     }
 }
 
-/// `payload` with every `{n}` replaced by `n`.
+/// `payload` with every `{i}` replaced by `n`.
 pub fn numbered(payload: &[u8], n: u64) -> Cow<'_, [u8]> {
-    const MARK: &[u8] = b"{n}";
+    const MARK: &[u8] = b"{i}";
     if !payload.windows(MARK.len()).any(|w| w == MARK) {
         return Cow::Borrowed(payload);
     }
@@ -223,11 +223,11 @@ mod tests {
     #[test]
     fn numbers_replace_every_mark() {
         let cases: &[(&[u8], u64, &[u8])] = &[
-            (b"job {n}", 3, b"job 3"),
-            (b"{n}-{n}", 12, b"12-12"),
+            (b"job {i}", 3, b"job 3"),
+            (b"{i}-{i}", 12, b"12-12"),
             (b"no mark", 5, b"no mark"),
             (b"{\"n\": 1} {n", 2, b"{\"n\": 1} {n"),
-            (b"{{n}}", 7, b"{7}"),
+            (b"{{i}}", 7, b"{7}"),
             (b"", 1, b""),
         ];
         for (payload, n, want) in cases {

@@ -59,7 +59,7 @@ fn counts(url: &str) -> (u64, u64, u64) {
 
 /// Push, stats and create on one queue URL whose queue was just created.
 fn exercise(url: &str) {
-    let ids = ok(&["push", "--queue", url, "--count", "3", "job {n}"]);
+    let ids = ok(&["push", "--queue", url, "--count", "3", "job {i}"]);
     let ids: Vec<&str> = ids.lines().collect();
     assert_eq!(ids.len(), 3, "{ids:?}");
     assert!(ids.iter().all(|id| !id.is_empty()));
@@ -284,7 +284,7 @@ fn consume_runs_jobs_serves_health_and_hands_back_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite:{}?queue=jobs", dir.path().join("q.db").display());
     ok(&[
-        "push", "--queue", &url, "--create", "--count", "2", "job {n}",
+        "push", "--queue", &url, "--create", "--count", "2", "job {i}",
     ]);
     let control = ControlStandIn::start();
     let done = dir.path().join("done");
