@@ -53,6 +53,7 @@ has_vastai() {
 import sys
 from importlib.metadata import version
 import vastai  # noqa: F401  (the import itself is what the tests need)
+import redis  # noqa: F401  (the Python consumer example; a venv without it is rebuilt)
 from vastai.serverless.client.client import Serverless  # noqa: F401
 from vastai.serverless.server.worker import Worker  # noqa: F401
 sys.exit(0 if version("vastai") == sys.argv[1] else 1)

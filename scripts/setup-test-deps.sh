@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start: redis-server (and redis-cli,
-# the producer of the queue tests) and nats-server (JetStream), from
+# the producer of the queue tests) and nats-server (JetStream), plus socat and
+# curl for the shell example consumer (examples/consumers/shell), from
 # Debian's packages. Idempotent: installs nothing when all are present.
 #
 # Runs as root (CI and sessions do) or through sudo; elsewhere it prints the
@@ -14,6 +15,8 @@ declare -A wanted=(
     [redis-server]=redis-server
     [redis-cli]=redis-tools
     [nats-server]=nats-server
+    [socat]=socat
+    [curl]=curl
 )
 
 missing=()
@@ -23,7 +26,7 @@ for binary in "${!wanted[@]}"; do
     fi
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-    log "redis-server, redis-cli and nats-server are installed"
+    log "redis-server, redis-cli, nats-server, socat and curl are installed"
     exit 0
 fi
 
