@@ -12,7 +12,12 @@
 //!   (plus the worker's 5 s garbage-collection tick);
 //! * a session that the worker ended on its own (the consumer's
 //!   `POST /release`, or expiry) is noticed at the next renewal or check
-//!   (`/session/get`, every `check_interval`).
+//!   (`/session/get`, every `check_interval`);
+//! * a worker whose address refuses the connection at a renewal or check
+//!   has no process listening, and the session held in that process is gone
+//!   with it: the session ends at once as [`SessionEnd::WorkerLost`] (a
+//!   worker released and then stopped by scale-in before the next check is
+//!   the common case), rather than after its lease runs out.
 //!
 //! Dropping a [`Session`] without [`Session::close`] stops the lease (the
 //! session then ends by expiry) and logs a warning.
@@ -121,7 +126,8 @@ pub enum SessionEnd {
     ReleasedByWorker,
     /// The lease ran out (keep-alive disabled, or renewals failed).
     Expired,
-    /// The worker stopped answering and the lease has run out since.
+    /// The worker stopped answering and the lease has run out since, or
+    /// nothing listens at the worker's address any more (connection refused).
     WorkerLost {
         /// The last failure seen.
         reason: String,
@@ -201,6 +207,26 @@ enum Probe {
     Gone,
     /// No usable answer.
     Failed(String),
+    /// Nothing listens at the worker's address (connection refused): its
+    /// process is gone, and the session it held with it.
+    Refused(String),
+}
+
+/// The probe result of a transport error: [`Probe::Refused`] when the
+/// connection was refused, else [`Probe::Failed`].
+fn transport_probe(url: &str, err: &reqwest::Error) -> Probe {
+    let reason = format!("{url}: {}", transport_reason(err));
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return Probe::Refused(reason);
+        }
+        source = cause.source();
+    }
+    Probe::Failed(reason)
 }
 
 impl Session {
@@ -342,7 +368,7 @@ impl Session {
                 self.shared.end(self.shared.gone_reason(Instant::now()));
                 Ok(false)
             }
-            Probe::Failed(reason) => Err(Error::Transport {
+            Probe::Failed(reason) | Probe::Refused(reason) => Err(Error::Transport {
                 step: Step::SessionGet,
                 url: format!("{}{}", self.shared.url, paths::SESSION_GET),
                 reason,
@@ -575,7 +601,7 @@ impl Shared {
                 reply.status,
                 truncate_body(&reply.text)
             )),
-            Err(err) => Probe::Failed(format!("{url}: {}", transport_reason(&err))),
+            Err(err) => transport_probe(&url, &err),
         }
     }
 
@@ -607,7 +633,7 @@ impl Shared {
                 reply.status,
                 truncate_body(&reply.text)
             )),
-            Err(err) => Probe::Failed(format!("{url}: {}", transport_reason(&err))),
+            Err(err) => transport_probe(&url, &err),
         }
     }
 }
@@ -663,6 +689,11 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
                 shared.end(how);
                 return;
             }
+            Probe::Refused(reason) => {
+                tracing::info!(session_id = %shared.session_id, %reason, "the worker is gone: its address refuses connections");
+                shared.end(SessionEnd::WorkerLost { reason });
+                return;
+            }
             Probe::Failed(reason) => {
                 failures += 1;
                 tracing::warn!(session_id = %shared.session_id, %reason, "session lease check failed");
@@ -683,5 +714,37 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
             });
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_told_apart_from_other_transport_failures() {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/session/get");
+        let err = http.get(&url).send().await.unwrap_err();
+        assert!(
+            matches!(transport_probe(&url, &err), Probe::Refused(ref r) if r.contains(&url)),
+            "{err}"
+        );
+        // A listener that never answers: a timeout, not a refusal.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/session/get", silent.local_addr().unwrap());
+        let err = http.get(&url).send().await.unwrap_err();
+        assert!(
+            matches!(transport_probe(&url, &err), Probe::Failed(_)),
+            "{err}"
+        );
     }
 }
