@@ -7,6 +7,8 @@ mod common;
 mod client;
 mod dispatch;
 mod engine;
+mod examples;
 mod interop;
 mod queue_cli;
+mod queue_flow;
 mod worker;

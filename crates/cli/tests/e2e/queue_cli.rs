@@ -15,12 +15,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::common::process::{free_port, nullworker, wait_for, ChildGuard};
-
-fn queue_cmd(args: &[&str]) -> Command {
-    let mut cmd = nullworker();
-    cmd.arg("queue").args(args);
-    cmd
-}
+use crate::common::queue::{counts, queue_cmd, queue_ok as ok};
 
 fn run(mut cmd: Command) -> Output {
     cmd.output().expect("run nullworker")
@@ -32,29 +27,6 @@ fn stdout(out: &Output) -> String {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Runs and requires exit 0; returns stdout.
-fn ok(args: &[&str]) -> String {
-    let out = run(queue_cmd(args));
-    assert!(
-        out.status.success(),
-        "{args:?}: {:?}\n{}",
-        out.status,
-        stderr(&out)
-    );
-    stdout(&out)
-}
-
-fn stats_json(url: &str) -> Value {
-    let text = ok(&["stats", "--queue", url, "--json"]);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
-}
-
-fn counts(url: &str) -> (u64, u64, u64) {
-    let v = stats_json(url);
-    let n = |k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}"));
-    (n("backlog"), n("in_flight"), n("dead"))
 }
 
 /// Push, stats and create on one queue URL whose queue was just created.

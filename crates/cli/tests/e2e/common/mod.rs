@@ -5,3 +5,4 @@
 pub mod engine;
 pub mod fake_engine;
 pub mod process;
+pub mod queue;
