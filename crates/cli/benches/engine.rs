@@ -37,11 +37,12 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use clap::Parser;
 use nullworker_client::{Client, Endpoint, RetryPolicy, SessionOptions};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use common::args::CommonArgs;
+use common::engine::{SpawnedEngine, ACCOUNT_KEY};
 use common::loadgen::{self, Connection, OpError, Operation, Phase};
-use common::process::{self, ChildGuard};
+use common::process;
 use common::report::{self, Better, Bound, Metric, SavedRun};
 
 /// Benchmark of the engine's router and of scale-from-zero.
@@ -161,8 +162,6 @@ const METRICS: &[Metric] = &[
     report::ERRORS,
 ];
 
-/// Account key of the benchmark's engine.
-const ACCOUNT_KEY: &str = "nullworker-bench-account-key";
 /// First id of simulated workers (far above the ids the engine assigns).
 const FIRST_SIMULATED_ID: i64 = 1_000_000_000;
 /// Session cost sent with every `/route/`, the SDK default.
@@ -202,7 +201,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         saved.cpus, saved.loadavg_at_start
     );
 
-    let engine = SpawnedEngine::start().await?;
+    // Simulated workers report once; they must stay routable.
+    let engine = SpawnedEngine::start(&["--stale-after", "86400"]).await?;
     let client = Client::builder(ACCOUNT_KEY)
         .autoscaler_url(engine.url.clone())
         .webserver_url(engine.url.clone())
@@ -300,121 +300,6 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         failed,
         errors,
     )
-}
-
-// ---------------------------------------------------------------------------
-// The engine process
-// ---------------------------------------------------------------------------
-
-/// Our engine, spawned on a free loopback port with a fresh state directory.
-struct SpawnedEngine {
-    guard: ChildGuard,
-    url: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
-
-impl SpawnedEngine {
-    async fn start() -> anyhow::Result<SpawnedEngine> {
-        let dir = tempfile::Builder::new()
-            .prefix("nullworker-bench-engine-")
-            .tempdir()?;
-        let log = dir.path().join("engine.log");
-        let port = process::free_port()?;
-        let mut cmd = process::command(env!("CARGO_BIN_EXE_nullworker"), &log)?;
-        cmd.arg("engine")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--account-key")
-            .arg(ACCOUNT_KEY)
-            // Simulated workers report once; they must stay routable.
-            .arg("--stale-after")
-            .arg("86400")
-            .current_dir(dir.path());
-        let guard = ChildGuard::spawn(cmd, log)?;
-        let mut engine = SpawnedEngine {
-            guard,
-            url: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
-            _dir: dir,
-        };
-        engine.wait_serving().await?;
-        Ok(engine)
-    }
-
-    /// The engine's recent output, for error messages.
-    fn context(&self) -> String {
-        format!("the engine's last output:\n{}", self.guard.log_tail())
-    }
-
-    async fn wait_serving(&mut self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let probe = self
-                .http
-                .get(format!("{}/api/v0/endptjobs/", self.url))
-                .bearer_auth(ACCOUNT_KEY)
-                .send()
-                .await;
-            if matches!(&probe, Ok(r) if r.status().is_success()) {
-                return Ok(());
-            }
-            if let Some(status) = self.guard.exited() {
-                bail!("the engine exited before serving ({status})");
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the engine did not serve its web API within 60 s; {}",
-                    self.context()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn create_endpoint(&self, body: Value) -> anyhow::Result<i64> {
-        let reply = self
-            .http
-            .post(format!("{}/api/v0/endptjobs/", self.url))
-            .bearer_auth(ACCOUNT_KEY)
-            .json(&body)
-            .send()
-            .await?;
-        let status = reply.status();
-        let text = reply.text().await?;
-        if !status.is_success() {
-            bail!("creating endpoint {body}: HTTP {status}: {text}");
-        }
-        let value: Value = serde_json::from_str(&text)?;
-        value
-            .get("result")
-            .and_then(Value::as_i64)
-            .with_context(|| format!("create endpoint reply without an id: {text}"))
-    }
-
-    async fn delete_endpoint(&self, id: i64) -> anyhow::Result<()> {
-        let reply = self
-            .http
-            .delete(format!("{}/api/v0/endptjobs/{id}/", self.url))
-            .bearer_auth(ACCOUNT_KEY)
-            .send()
-            .await?;
-        if !reply.status().is_success() {
-            bail!("deleting endpoint {id}: HTTP {}", reply.status());
-        }
-        Ok(())
-    }
-}
-
-impl Drop for SpawnedEngine {
-    fn drop(&mut self) {
-        // The engine stops the workers it launched when it receives SIGTERM.
-        self.guard.terminate(Duration::from_secs(15));
-    }
 }
 
 // ---------------------------------------------------------------------------

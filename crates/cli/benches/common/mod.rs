@@ -1,7 +1,8 @@
 //! Support shared by the benchmark binaries (`benches/worker.rs`,
-//! `benches/engine.rs`): command-line options common to every benchmark,
-//! statistics, the HTTP/1.1 load generator, child-process handling and
-//! memory sampling, saved runs and their comparison, and the result table.
+//! `benches/engine.rs`, `benches/queue.rs`): command-line options common to
+//! every benchmark, statistics, the HTTP/1.1 load generator, child-process
+//! handling and memory sampling, a spawned engine and its web API, saved
+//! runs and their comparison, and the result table.
 //!
 //! It owns no benchmark logic: what is measured, and against which targets,
 //! lives in each benchmark binary.
@@ -10,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod args;
+pub mod engine;
 pub mod loadgen;
 pub mod process;
 pub mod report;
