@@ -487,7 +487,7 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
                     None,
                 )
                 .await?;
-            let now = crate::engine::now();
+            let now = crate::clock::unix_now();
             let live = v
                 .get("results")
                 .and_then(Value::as_array)

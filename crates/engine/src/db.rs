@@ -363,6 +363,56 @@ impl Db {
         Ok(())
     }
 
+    /// Commits a batch of store writes in one transaction.
+    pub fn apply_batch(&self, ops: &[crate::store::StoreOp]) -> Result<(), DbError> {
+        use crate::store::StoreOp;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for op in ops {
+            match op {
+                StoreOp::InsertWorker {
+                    id,
+                    endpoint_id,
+                    created_at,
+                } => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO workers (id, endpoint_id, created_at, last_state) VALUES (?1, ?2, ?3, 'CREATING')",
+                        params![id, endpoint_id, created_at],
+                    )?;
+                }
+                StoreOp::UpdateWorker {
+                    id,
+                    state,
+                    url,
+                    reason,
+                    ended_at,
+                } => {
+                    tx.execute(
+                        "UPDATE workers SET last_state = ?2, url = COALESCE(?3, url), reason = COALESCE(?4, reason),
+                                ended_at = COALESCE(?5, ended_at) WHERE id = ?1",
+                        params![id, state, url, reason, ended_at],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The highest worker id ever recorded (0 if none): new ids go above it.
+    pub fn max_worker_id(&self) -> Result<i64, DbError> {
+        let conn = self.conn();
+        let max: Option<i64> = conn.query_row("SELECT max(id) FROM workers", [], |r| r.get(0))?;
+        let seq: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'workers'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(max.unwrap_or(0).max(seq.unwrap_or(0)))
+    }
+
     /// Marks every worker not ended yet as ended (used at start: none of the
     /// previous run's workers survive it).
     pub fn end_all_workers(&self, now: f64, reason: &str) -> Result<Vec<i64>, DbError> {

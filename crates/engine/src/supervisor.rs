@@ -75,6 +75,14 @@ impl ProcHandle {
         *self.exited.borrow()
     }
 
+    /// A handle for a process this module does not watch (launchers other
+    /// than [`Supervisor`], e.g. in-process tests): the process counts as
+    /// exited once `true` is sent on the returned sender.
+    pub fn unwatched(pid: i32) -> (Self, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        (Self { pid, exited: rx }, tx)
+    }
+
     async fn wait(&mut self) {
         let _ = self.exited.wait_for(|exited| *exited).await;
     }
@@ -111,6 +119,52 @@ pub enum SpawnError {
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+/// What the engine needs to run workers: [`Supervisor`] for real
+/// processes; tests may launch nothing.
+pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts the processes of a worker. Called on the engine's spawner
+    /// thread, never under a lock.
+    fn spawn(
+        &self,
+        worker_id: i64,
+        mtoken: &str,
+        template: &WorkerTemplate,
+    ) -> Result<Spawned, SpawnError>;
+
+    /// Stops the processes of a worker; resolves once they are gone.
+    fn stop<'a>(
+        &'a self,
+        worker_id: i64,
+        spawned: &'a Spawned,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
+
+    /// Path of a worker's log file.
+    fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf;
+}
+
+impl Launcher for Supervisor {
+    fn spawn(
+        &self,
+        worker_id: i64,
+        mtoken: &str,
+        template: &WorkerTemplate,
+    ) -> Result<Spawned, SpawnError> {
+        Supervisor::spawn(self, worker_id, mtoken, template)
+    }
+
+    fn stop<'a>(
+        &'a self,
+        worker_id: i64,
+        spawned: &'a Spawned,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(Supervisor::stop(self, worker_id, spawned))
+    }
+
+    fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf {
+        Supervisor::log_path(self, worker_id, kind)
+    }
 }
 
 /// Spawns and stops worker processes.
@@ -239,8 +293,9 @@ impl Supervisor {
 
     /// Spawns the worker `worker_id` (and its consumer) with `template`.
     ///
-    /// Must be called from an async task (not a blocking thread): the
-    /// processes are told to exit if the spawning thread's process dies.
+    /// Must be called with a tokio runtime entered, from a thread that
+    /// lives as long as the engine (the engine's spawner thread): the
+    /// processes are told to exit when the thread that spawned them dies.
     pub fn spawn(
         &self,
         worker_id: i64,

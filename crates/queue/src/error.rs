@@ -55,7 +55,11 @@ pub enum QueueError {
 
 impl QueueError {
     /// Shorthand for [`QueueError::Backend`].
-    pub(crate) fn backend(backend: &'static str, op: &'static str, err: impl std::fmt::Display) -> Self {
+    pub(crate) fn backend(
+        backend: &'static str,
+        op: &'static str,
+        err: impl std::fmt::Display,
+    ) -> Self {
         Self::Backend {
             backend,
             op,

@@ -73,10 +73,7 @@ fn free_port() -> u16 {
 }
 
 /// Starts a server, retrying on another port if the one picked was taken in between.
-fn start(
-    binary: &Path,
-    args: impl Fn(u16, &Path) -> Vec<String>,
-) -> Result<TestServer, String> {
+fn start(binary: &Path, args: impl Fn(u16, &Path) -> Vec<String>) -> Result<TestServer, String> {
     let mut last = String::new();
     for _ in 0..5 {
         let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
@@ -104,7 +101,11 @@ fn start(
                 return Ok(server);
             }
             if let Ok(Some(status)) = server.child.try_wait() {
-                last = format!("{} exited with {status}: {}", binary.display(), server.log());
+                last = format!(
+                    "{} exited with {status}: {}",
+                    binary.display(),
+                    server.log()
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -153,7 +154,9 @@ fn wait_redis_ready(addr: SocketAddr) -> Result<(), String> {
             let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
             if conn.write_all(b"PING\r\n").is_ok() {
                 let mut line = String::new();
-                if BufReader::new(&mut conn).read_line(&mut line).is_ok() && line.starts_with("+PONG") {
+                if BufReader::new(&mut conn).read_line(&mut line).is_ok()
+                    && line.starts_with("+PONG")
+                {
                     return Ok(());
                 }
             }

@@ -171,9 +171,9 @@ impl FromStr for QueueUrl {
                 match (query.take("list"), query.take("stream")) {
                     (Some(list), None) => Backend::RedisList { server, list },
                     (None, Some(stream)) => {
-                        let group = query
-                            .take("group")
-                            .ok_or_else(|| bad("a stream needs `group=GROUP` (the consumer group)".into()))?;
+                        let group = query.take("group").ok_or_else(|| {
+                            bad("a stream needs `group=GROUP` (the consumer group)".into())
+                        })?;
                         Backend::RedisStream {
                             server,
                             stream,
@@ -210,7 +210,9 @@ impl FromStr for QueueUrl {
             "sqlite" => {
                 let path = url.path();
                 if path.is_empty() {
-                    return Err(bad("sqlite: needs a file path, e.g. sqlite:jobs.db?queue=jobs".into()));
+                    return Err(bad(
+                        "sqlite: needs a file path, e.g. sqlite:jobs.db?queue=jobs".into(),
+                    ));
                 }
                 if url.host_str().is_some_and(|h| !h.is_empty()) {
                     return Err(bad(
@@ -251,10 +253,14 @@ fn server_part(url: &url::Url, default_port: u16) -> Result<String, String> {
     let path = url.path().trim_matches('/');
     if !path.is_empty() {
         if url.scheme() == "nats" {
-            return Err(format!("a NATS URL takes no path (got /{path}); {EXPECTED}"));
+            return Err(format!(
+                "a NATS URL takes no path (got /{path}); {EXPECTED}"
+            ));
         }
         if path.parse::<u32>().is_err() {
-            return Err(format!("the Redis database /{path} is not a number; expected /0 to /15"));
+            return Err(format!(
+                "the Redis database /{path} is not a number; expected /0 to /15"
+            ));
         }
     }
     Ok(server.to_string().trim_end_matches('/').to_owned())
@@ -410,7 +416,8 @@ mod tests {
 
     #[test]
     fn options_from_the_query() {
-        let url = parse("sqlite:q.db?queue=q&visibility_timeout=2.5&max_attempts=3&retry_delay=0").unwrap();
+        let url = parse("sqlite:q.db?queue=q&visibility_timeout=2.5&max_attempts=3&retry_delay=0")
+            .unwrap();
         assert_eq!(url.options.visibility_timeout, Duration::from_millis(2500));
         assert_eq!(url.options.max_attempts, 3);
         assert_eq!(url.options.retry_delay, Duration::ZERO);
@@ -429,10 +436,22 @@ mod tests {
             ("sqlite:q.db", "needs `queue=NAME`"),
             ("sqlite:q.db?queue=q&colour=red", "unknown option `colour=`"),
             ("sqlite:q.db?queue=q&queue=r", "given twice"),
-            ("sqlite:q.db?queue=q&visibility_timeout=0", "visibility timeout 0 s is out of range"),
-            ("sqlite:q.db?queue=q&visibility_timeout=nan", "`visibility_timeout=nan` is not a number"),
-            ("sqlite:q.db?queue=q&max_attempts=0", "max attempts 0 is out of range"),
-            ("sqlite:q.db?queue=q&max_attempts=-1", "`max_attempts=-1` is not a whole number"),
+            (
+                "sqlite:q.db?queue=q&visibility_timeout=0",
+                "visibility timeout 0 s is out of range",
+            ),
+            (
+                "sqlite:q.db?queue=q&visibility_timeout=nan",
+                "`visibility_timeout=nan` is not a number",
+            ),
+            (
+                "sqlite:q.db?queue=q&max_attempts=0",
+                "max attempts 0 is out of range",
+            ),
+            (
+                "sqlite:q.db?queue=q&max_attempts=-1",
+                "`max_attempts=-1` is not a whole number",
+            ),
         ];
         for (raw, needle) in cases {
             let err = parse(raw).expect_err(raw);
@@ -446,6 +465,8 @@ mod tests {
         assert!(!err.contains("secret"), "{err}");
         let url = parse("redis://:secret@h:1?list=a").unwrap();
         assert!(!url.to_string().contains("secret"));
-        assert!(matches!(url.backend, Backend::RedisList { ref server, .. } if server.contains("secret")));
+        assert!(
+            matches!(url.backend, Backend::RedisList { ref server, .. } if server.contains("secret"))
+        );
     }
 }
