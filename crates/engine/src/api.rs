@@ -38,6 +38,10 @@ use crate::state::random_key;
 
 type Ctx = State<Arc<Core>>;
 
+/// Largest accepted `/route/` `cost` (the policy's load cap): sums of
+/// costs stay finite and exact enough, on the engine and on the worker.
+pub const MAX_COST: f64 = crate::policy::MAX_LOAD;
+
 /// Workers read per hold of the registry lock by the listing endpoints.
 pub const PAGE: usize = 256;
 
@@ -278,10 +282,10 @@ fn route_body(obj: &Map<String, Value>) -> Result<RouteBody<'_>, String> {
         Some(v) => v,
     };
     let cost = match cost_value.as_f64() {
-        Some(c) if c.is_finite() && c >= 0.0 => c,
+        Some(c) if c.is_finite() && (0.0..=MAX_COST).contains(&c) => c,
         _ => {
             return Err(format!(
-                "cost: expected a finite number >= 0, got {cost_value}"
+                "cost: expected a number from 0 to {MAX_COST:e}, got {cost_value}"
             ))
         }
     };
@@ -1059,4 +1063,32 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         &json!({ "error": format!("not found: {}", uri.path()) }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_cost_is_bounded_and_finite() {
+        for (cost, ok) in [
+            (json!(0), true),
+            (json!(100.5), true),
+            (json!(1e12), true),
+            (json!(1e308), false),
+            (json!(1.0e13), false),
+            (json!(-1), false),
+            (json!("5"), false),
+        ] {
+            let body = json!({"endpoint": "e", "cost": cost});
+            let got = route_body(body.as_object().unwrap()).map(|b| b.cost);
+            assert_eq!(got.is_ok(), ok, "{cost}: {got:?}");
+            if let Err(msg) = got {
+                assert!(
+                    msg.starts_with("cost: expected a number from 0 to 1e12"),
+                    "{msg}"
+                );
+            }
+        }
+    }
 }

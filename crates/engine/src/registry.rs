@@ -524,6 +524,21 @@ struct Endpoint {
     spawn_failures: u64,
     /// Σ load of active workers at the last scaler pass (for `/metrics`).
     load: f64,
+    /// Sessions an engine-launched worker holds at most (`None`: no limit).
+    max_sessions: Option<usize>,
+}
+
+/// Sessions a worker launched with `template` holds at most: its
+/// `NULLWORKER_MAX_SESSIONS` (0: unlimited), else the worker's default of 1.
+pub fn template_max_sessions(template: &WorkerTemplate) -> Option<usize> {
+    match template.env.get("NULLWORKER_MAX_SESSIONS") {
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(0) => None,
+            Ok(n) => Some(n),
+            Err(_) => Some(1),
+        },
+        None => Some(1),
+    }
 }
 
 /// The policy parameters of an endpoint's settings: the last link of the
@@ -538,6 +553,7 @@ pub fn policy_of(
 
 impl Endpoint {
     fn new(stored: StoredEndpoint, policy: EndpointPolicy, now: f64) -> Self {
+        let stored_template = stored.template.clone();
         // Request indexes start above anything a previous run handed out.
         let first_idx = (now * 1000.0) as u64;
         Self {
@@ -555,6 +571,7 @@ impl Endpoint {
             spawns: 0,
             spawn_failures: 0,
             load: 0.0,
+            max_sessions: template_max_sessions(&stored_template),
         }
     }
 
@@ -662,13 +679,32 @@ impl Endpoint {
         self.scratch = changed;
     }
 
-    /// What the route index should hold for a worker, if anything.
+    /// Sessions the worker holds as far as the engine knows: assignments
+    /// not yet finished, or the requests its last report lists, whichever
+    /// is more.
+    fn sessions_held(&self, w: &Worker) -> usize {
+        let listed = w
+            .report
+            .as_ref()
+            .map_or(0, |r| r.working_request_idxs.len());
+        self.requests.outstanding(w.id).max(listed)
+    }
+
+    /// What the route index should hold for a worker, if anything: an IDLE,
+    /// running, signed worker with a session free. A worker at its
+    /// `max_sessions` is never a candidate, whatever its load says (a
+    /// `cost: 0` session leaves the load at 0).
     fn candidate(&self, id: i64) -> Option<RouteCandidate> {
         let w = self.workers.get(&id)?;
+        let session_free = w.external
+            || self
+                .max_sessions
+                .is_none_or(|max| self.sessions_held(w) < max);
         let routable = w.state == WorkerState::Idle
             && w.process == ProcessPhase::Running
             && w.url.is_some()
-            && w.signature.is_some();
+            && w.signature.is_some()
+            && session_free;
         routable.then(|| RouteCandidate {
             id,
             state: w.state,
@@ -1435,6 +1471,12 @@ impl Registry {
         if let Some(last) = ids.last() {
             return Some(ScanStep::More(*last));
         }
+        // A waiting request needs a session slot whatever its cost: it
+        // counts as demand for at least one slot's share of a worker.
+        let session_floor = match (ep.max_sessions, ep.last_perf) {
+            (Some(max), Some(perf)) => perf / max as f64,
+            _ => 0.0,
+        };
         let workers = std::mem::take(views);
         ep.load = workers
             .iter()
@@ -1444,7 +1486,11 @@ impl Registry {
             now,
             policy: ep.policy.clone(),
             workers,
-            waiting: ep.requests.waiting().collect(),
+            waiting: ep
+                .requests
+                .waiting()
+                .map(|(cost, since)| (cost.max(session_floor), since))
+                .collect(),
             last_activity: ep.last_activity,
             last_perf: ep.last_perf,
         }))
@@ -1642,6 +1688,7 @@ impl Registry {
             self.config.scale_down_delay,
         );
         ep.stored.settings = settings;
+        ep.max_sessions = template_max_sessions(&template);
         ep.stored.template = template;
         let ids: Vec<i64> = ep.workers.keys().copied().collect();
         for wid in ids {
@@ -1998,6 +2045,52 @@ mod tests {
         let (reply, _) = route(&mut reg, 0, 1.0, 1.5);
         assert!(matches!(reply, RouteReply::Waiting { .. }), "{reply:?}");
         assert_eq!(reg.gauges(1).unwrap().counts[WorkerState::Error.index()], 1);
+    }
+
+    #[test]
+    fn a_worker_holding_its_one_session_is_not_a_candidate_even_at_cost_0() {
+        let mut reg = registry();
+        route(&mut reg, 0, 0.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        bring_up(&mut reg, &effects, 1.2);
+        let (reply, _) = route(&mut reg, 0, 0.0, 1.3);
+        let RouteReply::Ready { request_idx, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        // The worker reports the session; its load stays 0.
+        let rows = reg.worker_rows(1, None, 1).unwrap();
+        let url = rows[0].wire.worker.url.clone();
+        let mtoken = reg.worker(1).unwrap().mtoken.clone();
+        let mut report = idle_report(1, &mtoken, &url);
+        report.working_request_idxs = vec![request_idx];
+        reg.apply(
+            Event::Report {
+                report,
+                signature: None,
+            },
+            1.4,
+        );
+        // A second request waits instead of being sent to a full worker,
+        // and the scaler starts a second worker for it.
+        let (reply, _) = route(&mut reg, 0, 0.0, 1.5);
+        assert!(matches!(reply, RouteReply::Waiting { .. }), "{reply:?}");
+        let effects = pass(&mut reg, 2.5);
+        assert_eq!(spawns(&effects).len(), 1);
+        // With NULLWORKER_MAX_SESSIONS=0 (unlimited) it is a candidate again.
+        let mut template = WorkerTemplate::default();
+        template
+            .env
+            .insert("NULLWORKER_MAX_SESSIONS".into(), "0".into());
+        reg.apply(
+            Event::EndpointUpdated {
+                id: 1,
+                settings: seed(),
+                template,
+            },
+            2.6,
+        );
+        let (reply, _) = route(&mut reg, 0, 0.0, 2.7);
+        assert!(matches!(reply, RouteReply::Ready { .. }), "{reply:?}");
     }
 
     #[test]
