@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use nullworker_protocol::messages::{
-    ApiList, ApiOk, ApiResult, DeleteRequestsBody, EndpointParams, WorkerStatus,
+    ApiList, ApiOk, ApiResult, DeleteRequestsBody, EndpointParams,
 };
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -448,8 +448,9 @@ fn accepted(reply: Reply) -> Result<Response, ReportError> {
 }
 
 async fn worker_status(State(core): Ctx, body: Bytes) -> Result<Response, ReportError> {
-    let report: WorkerStatus = serde_json::from_slice(&body)
-        .map_err(|err| ReportError::BadRequest(format!("invalid worker report: {err}")))?;
+    // Lenient: null or non-finite numbers are taken and bounded, so a
+    // worker whose totals overflowed is not refused forever.
+    let report = crate::report::parse(&body).map_err(ReportError::BadRequest)?;
     let check = core.registry().check_report(&report)?;
     // Signing takes milliseconds: done before the event, off the runtime
     // threads.
@@ -1068,6 +1069,84 @@ async fn not_found(uri: Uri) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{call, call_raw, engine, non_finite, wait_for, FakeLauncher};
+    use std::time::Duration;
+
+    /// A seed endpoint `e` on the engine; returns its id and api_key.
+    async fn seed_endpoint(core: &Arc<Core>, extra: Value) -> (i64, String) {
+        let mut body = json!({"endpoint_name": "e", "cold_workers": 0, "target_util": 1.0,
+               "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0});
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let (status, body) = call(core, "POST", "/api/v0/endptjobs/", body).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["result"].as_i64().unwrap();
+        let key = core.registry().stored(id).unwrap().api_key.clone();
+        (id, key)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_with_null_or_huge_loads_is_taken_and_the_worker_stays_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (id, key) = seed_endpoint(&core, json!({})).await;
+        let route = json!({"endpoint": "e", "api_key": key, "cost": 100});
+        let (_, waiting) = call(&core, "POST", "/route/", route.clone()).await;
+        let (wid, mtoken) = wait_for(|| fake.launches().first().cloned()).await;
+        let url = FakeLauncher::url(wid);
+        let idle = json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
+                          "max_perf": 100.0, "url": url});
+        let (status, _) = call(&core, "POST", "/worker_status/", idle).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut poll = route.clone();
+        poll["request_idx"] = waiting["request_idx"].clone();
+        let (_, ready) = call(&core, "POST", "/route/", poll).await;
+        assert_eq!(ready["url"], json!(url), "{ready}");
+        // The worker holds the session; its totals overflowed: serde wrote
+        // null, a Python worker writes Infinity, a literal may overflow.
+        let bad = format!(
+            r#"{{"id": {wid}, "mtoken": "{mtoken}", "version": "1.1.0", "loadtime": 0.1,
+                "max_perf": 100.0, "url": "{url}", "cur_load": null, "rej_load": 1e400,
+                "new_load": Infinity, "cur_perf": NaN, "working_request_idxs": [{}]}}"#,
+            ready["request_idx"]
+        );
+        // Past stale_after (30 s) with only such reports, every 10 s.
+        for _ in 0..5 {
+            let (status, body) = call_raw(&core, "POST", "/worker_status/", bad.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        let workers = handle.workers("e").unwrap();
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        assert_eq!(workers[0].state, crate::policy::WorkerState::Idle);
+        // Nothing non-finite reaches the wire.
+        let (status, list) = call(&core, "POST", "/get_endpoint_workers/", json!({"id": id})).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let mut bad_paths = Vec::new();
+        non_finite(&list, "", &mut bad_paths);
+        assert!(bad_paths.is_empty(), "{bad_paths:?} in {list}");
+        let (_, text) = call_raw(&core, "GET", "/metrics", String::new()).await;
+        for token in ["inf", "NaN", "nan"] {
+            assert!(!text.contains(token), "{token} in {text}");
+        }
+        let (_, show) = call(
+            &core,
+            "GET",
+            &format!("/api/v0/endptjobs/{id}/"),
+            Value::Null,
+        )
+        .await;
+        let mut bad_paths = Vec::new();
+        non_finite(
+            &show["result"]["spawn_backoff"]["delay"],
+            "delay",
+            &mut bad_paths,
+        );
+        assert!(bad_paths.is_empty(), "{show}");
+        handle.shutdown().await;
+    }
 
     #[test]
     fn route_cost_is_bounded_and_finite() {

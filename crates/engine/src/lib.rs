@@ -11,7 +11,8 @@
 //!   mutex, and the drivers of its effects (spawner thread, [`store`]
 //!   thread, [`signer`], wake-ups); [`metrics`] — counters and `/metrics`.
 //! * [`registry`] — the live state as a state machine: events in, effects
-//!   out, `now` passed in ([`clock`] gives it).
+//!   out, `now` passed in ([`clock`] gives it); [`report`] — worker reports
+//!   parsed leniently, their numbers bounded.
 //! * [`policy`] — pure decisions; [`endpoint`] — endpoint settings, the
 //!   `seed` preset, worker templates; [`supervisor`] — processes;
 //!   [`state`] / [`db`] — the state directory; [`config`] — the validated
@@ -30,11 +31,14 @@ pub mod http_error;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod report;
 pub mod scaler;
 pub mod signer;
 pub mod state;
 pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineHandle, WorkerInfo};

@@ -408,6 +408,8 @@ struct Worker {
     state: WorkerState,
     error: Option<String>,
     idle_this_life: bool,
+    /// A report with numbers out of bounds was logged (once per worker).
+    numbers_warned: bool,
 }
 
 impl Worker {
@@ -431,6 +433,7 @@ impl Worker {
             state: WorkerState::Creating,
             error: None,
             idle_this_life: false,
+            numbers_warned: false,
         }
     }
 
@@ -1139,11 +1142,14 @@ impl Registry {
 
     fn report(
         &mut self,
-        report: WorkerStatus,
+        mut report: WorkerStatus,
         signature: Option<Arc<str>>,
         now: f64,
         effects: &mut Vec<Effect>,
     ) -> Result<(), Refusal> {
+        // Numbers are bounded before anything adds them up; a report with
+        // a bad number is still a sign of life (see `report`).
+        let repaired = crate::report::bound_numbers(&mut report);
         if !self.worker_endpoint.contains_key(&report.id) {
             // An external worker registering: signed by the caller.
             let ep_id = self.external_endpoint(&report)?;
@@ -1179,6 +1185,15 @@ impl Registry {
         let w = ep.workers.get_mut(&id).ok_or(Refusal::Gone(id))?;
         if w.mtoken != report.mtoken {
             return Err(Refusal::Unauthorized("bad mtoken".into()));
+        }
+        if !repaired.is_empty() && !w.numbers_warned {
+            w.numbers_warned = true;
+            tracing::warn!(
+                endpoint = %ep.stored.name,
+                worker = id,
+                fields = ?repaired,
+                "worker report carried null, non-finite or out-of-range numbers; taken as 0 or clamped to their bounds (logged once per worker)"
+            );
         }
         if w.external
             && w.url.as_deref() != Some(report.url.as_str())
@@ -2091,6 +2106,50 @@ mod tests {
         );
         let (reply, _) = route(&mut reg, 0, 0.0, 2.7);
         assert!(matches!(reply, RouteReply::Ready { .. }), "{reply:?}");
+    }
+
+    #[test]
+    fn reported_numbers_are_bounded_before_any_sum() {
+        let mut reg = registry();
+        let mut settings = seed();
+        settings.max_queue_time = 1e9;
+        reg.apply(
+            Event::EndpointUpdated {
+                id: 1,
+                settings,
+                template: WorkerTemplate::default(),
+            },
+            0.5,
+        );
+        route(&mut reg, 0, 100.0, 1.0);
+        route(&mut reg, 0, 100.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        let launched = bring_up(&mut reg, &effects, 1.2);
+        assert_eq!(launched.len(), 2);
+        for (id, mtoken) in &launched {
+            let url = format!("http://127.0.0.1:{}", 20_000 + id);
+            let mut report = idle_report(*id, mtoken, &url);
+            report.cur_load = 1e308;
+            report.new_load = f64::INFINITY;
+            report.max_perf = f64::NAN;
+            let out = reg.apply(
+                Event::Report {
+                    report,
+                    signature: None,
+                },
+                1.3,
+            );
+            assert!(matches!(out.reply, Reply::Accepted(Ok(()))));
+        }
+        pass(&mut reg, 1.4);
+        let load = reg.gauges(1).unwrap().load;
+        assert_eq!(load, 2.0 * crate::report::MAX_REPORTED_LOAD);
+        for row in reg.worker_rows(1, None, 10).unwrap() {
+            let w = &row.wire.worker;
+            for v in [w.cur_load, w.new_load, w.perf, w.cur_load_rolling_avg] {
+                assert!(v.is_finite(), "{row:?}");
+            }
+        }
     }
 
     #[test]

@@ -401,9 +401,11 @@ impl RequestTable {
     /// Σ cost of assignments to `worker_id` that its reports do not show
     /// yet. O(1).
     pub fn pending_cost(&self, worker_id: i64) -> f64 {
+        // Never below 0: adding then subtracting costs of very different
+        // sizes may leave a rounding residue.
         self.workers
             .get(&worker_id)
-            .map_or(0.0, |assignments| assignments.pending_cost)
+            .map_or(0.0, |assignments| assignments.pending_cost.max(0.0))
     }
 
     /// The worker has an assignment in the table (pending, or visible and
