@@ -805,6 +805,12 @@ pub struct Registry {
 /// touched endpoint only, not of every endpoint, after each event.
 const FULL_CHECK_MAX_WORKERS: usize = 2_000;
 
+/// An external worker silent for this many times `stale_after` (60 s by
+/// default: `ERROR` at `stale_after`, then as long again of grace) is
+/// forgotten: the engine cannot stop it, and kept in `ERROR` it would count
+/// against `max_workers` for ever. If it reports again it registers anew.
+pub const EXTERNAL_FORGET_AFTER_STALE: f64 = 2.0;
+
 /// Logs and records one state transition.
 fn record(effects: &mut Vec<Effect>, endpoint: &str, tr: Transition) {
     match &tr.reason {
@@ -1475,17 +1481,48 @@ impl Registry {
             .take(max)
             .map(|(id, _)| *id)
             .collect();
+        let forget_after = EXTERNAL_FORGET_AFTER_STALE * ep.policy.stale_after;
+        let mut forgotten = Vec::new();
         for &id in &ids {
             if let Some(tr) = ep.refresh(id, now) {
                 record(effects, &ep.stored.name, tr);
             }
             if let Some(w) = ep.workers.get(&id) {
+                let heard = w.last_report.as_ref().map_or(w.created_at, |r| r.at);
+                if w.external && now - heard > forget_after {
+                    forgotten.push((id, now - heard));
+                    continue;
+                }
                 views.push(ep.view(w));
             }
+        }
+        for &(id, silent) in &forgotten {
+            ep.take_worker(id);
+            let reason = format!(
+                "external worker silent for {silent:.0} s (more than {forget_after:.0} s): forgotten"
+            );
+            tracing::warn!(endpoint = %ep.stored.name, worker = id, %reason, "worker removed");
+            effects.push(Effect::Store(StoreOp::UpdateWorker {
+                id,
+                state: "DESTROYING",
+                url: None,
+                reason: Some(reason),
+                ended_at: Some(now),
+            }));
+        }
+        if !forgotten.is_empty() {
+            for (id, _) in &forgotten {
+                self.worker_endpoint.remove(id);
+            }
+            effects.push(Effect::Kick {
+                endpoint_id,
+                waiting: false,
+            });
         }
         if let Some(last) = ids.last() {
             return Some(ScanStep::More(*last));
         }
+        let ep = self.endpoints.get_mut(&endpoint_id)?;
         // A waiting request needs a session slot whatever its cost: it
         // counts as demand for at least one slot's share of a worker.
         let session_floor = match (ep.max_sessions, ep.last_perf) {
@@ -2150,6 +2187,58 @@ mod tests {
                 assert!(v.is_finite(), "{row:?}");
             }
         }
+    }
+
+    #[test]
+    fn a_silent_external_worker_is_forgotten_and_frees_its_place() {
+        let mut reg = Registry::new(
+            RegistryConfig {
+                strict: false,
+                ..RegistryConfig::default()
+            },
+            0,
+        );
+        let mut settings = seed();
+        settings.max_workers = 1;
+        reg.apply(Event::EndpointCreated(stored(1, settings)), 0.0);
+        let report = idle_report(9, KEY, "http://127.0.0.1:1");
+        let out = reg.apply(
+            Event::Report {
+                report,
+                signature: Some("sig".into()),
+            },
+            1.0,
+        );
+        assert!(matches!(out.reply, Reply::Accepted(Ok(()))));
+        // It goes quiet: ERROR after stale_after, never stopped by the
+        // engine, and it fills max_workers, so a waiting request gets none.
+        pass(&mut reg, 39.0);
+        let (reply, _) = route(&mut reg, 0, 100.0, 40.0);
+        let RouteReply::Waiting { request_idx, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        assert!(spawns(&pass(&mut reg, 40.5)).is_empty());
+        assert_eq!(reg.gauges(1).unwrap().counts[WorkerState::Error.index()], 1);
+        route(&mut reg, request_idx, 100.0, 55.0);
+        assert!(spawns(&pass(&mut reg, 55.5)).is_empty());
+        // Silent for more than 2 x stale_after: forgotten, and the endpoint
+        // starts a worker of its own.
+        route(&mut reg, request_idx, 100.0, 61.5);
+        let effects = pass(&mut reg, 61.5);
+        assert_eq!(reg.worker_rows(1, None, 10).unwrap().len(), 1);
+        assert_eq!(spawns(&effects).len(), 1, "{effects:?}");
+        assert!(effects.iter().any(|e| matches!(
+            e,
+            Effect::Store(StoreOp::UpdateWorker {
+                id: 9,
+                ended_at: Some(_),
+                ..
+            })
+        )));
+        assert!(reg.worker(9).is_none());
+        // If it reports again, it registers anew.
+        let report = idle_report(9, KEY, "http://127.0.0.1:1");
+        assert_eq!(reg.check_report(&report), Ok(ReportCheck::Sign));
     }
 
     #[test]
