@@ -1878,6 +1878,7 @@ fn check_endpoint(ep: &Endpoint) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::policy::autoscale::decide;
+    use crate::policy::requests::{ASSIGNMENT_CONFIRM_WINDOW, WAITING_POLL_WINDOW};
 
     const KEY: &str = "key";
 
@@ -1924,6 +1925,11 @@ mod tests {
 
     /// A scaler pass; returns its effects.
     fn pass(reg: &mut Registry, now: f64) -> Vec<Effect> {
+        pass_decision(reg, now).0
+    }
+
+    /// A scaler pass; returns its effects and the decision.
+    fn pass_decision(reg: &mut Registry, now: f64) -> (Vec<Effect>, Decision) {
         let mut views = Vec::new();
         let mut after = None;
         let mut effects = Vec::new();
@@ -1956,7 +1962,34 @@ mod tests {
             )
             .effects,
         );
+        (effects, decision)
+    }
+
+    /// A report of worker `id` listing `idxs` as its sessions.
+    fn report_sessions(reg: &mut Registry, id: i64, idxs: Vec<u64>, now: f64) {
+        let mtoken = reg.worker(id).unwrap().mtoken.clone();
+        let url = format!("http://127.0.0.1:{}", 20_000 + id);
+        let mut report = idle_report(id, &mtoken, &url);
+        report.cur_load = 100.0 * idxs.len() as f64;
+        report.working_request_idxs = idxs;
+        let out = reg.apply(
+            Event::Report {
+                report,
+                signature: None,
+            },
+            now,
+        );
+        assert!(matches!(out.reply, Reply::Accepted(Ok(()))), "{out:?}");
+    }
+
+    fn stops(effects: &[Effect]) -> Vec<i64> {
         effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Stop { worker_id, .. } => Some(*worker_id),
+                _ => None,
+            })
+            .collect()
     }
 
     fn spawns(effects: &[Effect]) -> Vec<(i64, String)> {
@@ -2239,6 +2272,100 @@ mod tests {
         // If it reports again, it registers anew.
         let report = idle_report(9, KEY, "http://127.0.0.1:1");
         assert_eq!(reg.check_report(&report), Ok(ReportCheck::Sign));
+    }
+
+    #[test]
+    fn an_interrupted_waiting_client_stops_counting_as_demand() {
+        let mut reg = registry();
+        // Two sessions held on workers 1 and 2.
+        let mut asked = Vec::new();
+        for _ in 0..2 {
+            let (reply, _) = route(&mut reg, 0, 100.0, 1.0);
+            let RouteReply::Waiting { request_idx, .. } = reply else {
+                panic!("{reply:?}")
+            };
+            asked.push(request_idx);
+        }
+        let effects = pass(&mut reg, 1.1);
+        assert_eq!(bring_up(&mut reg, &effects, 1.2).len(), 2);
+        let mut held = Vec::new();
+        for (w, idx) in [1, 2].into_iter().zip(asked) {
+            let (reply, _) = route(&mut reg, idx, 100.0, 1.3);
+            let RouteReply::Ready { request_idx, .. } = reply else {
+                panic!("{reply:?}")
+            };
+            report_sessions(&mut reg, w, vec![request_idx], 1.4);
+            held.push(request_idx);
+        }
+        // A third client waits, gets worker 3 started, then is interrupted
+        // and never polls again.
+        let (reply, _) = route(&mut reg, 0, 100.0, 2.0);
+        assert!(matches!(reply, RouteReply::Waiting { .. }), "{reply:?}");
+        let (effects, decision) = pass_decision(&mut reg, 2.6);
+        assert_eq!(decision.want_active, 3);
+        assert_eq!(bring_up(&mut reg, &effects, 2.7).len(), 1);
+        // The sessions go on (reports every 5 s); worker 3 stays idle.
+        let mut t = 3.0;
+        let mut stopped = Vec::new();
+        while t < 30.0 {
+            for (w, idx) in [(1, held[0]), (2, held[1])] {
+                report_sessions(&mut reg, w, vec![idx], t);
+            }
+            let (effects, decision) = pass_decision(&mut reg, t + 0.1);
+            stopped.extend(stops(&effects));
+            if t > 2.0 + WAITING_POLL_WINDOW {
+                // want_active follows the real sessions.
+                assert_eq!(decision.want_active, 2, "t={t}");
+                assert_eq!(reg.gauges(1).unwrap().queued, 0);
+            }
+            t += 5.0;
+        }
+        // Idle for scale_down_delay once the phantom request lapsed: gone
+        // well before the request's replay_timeout (60 s).
+        assert_eq!(stopped, vec![3]);
+    }
+
+    #[test]
+    fn unused_ready_answers_do_not_block_a_full_endpoint() {
+        let mut reg = registry();
+        let mut settings = seed();
+        settings.max_workers = 2;
+        reg.apply(
+            Event::EndpointUpdated {
+                id: 1,
+                settings,
+                template: WorkerTemplate::default(),
+            },
+            0.5,
+        );
+        route(&mut reg, 0, 100.0, 1.0);
+        route(&mut reg, 0, 100.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        assert_eq!(bring_up(&mut reg, &effects, 1.2).len(), 2);
+        // Two READY answers that their clients never use.
+        for _ in 0..2 {
+            let (reply, _) = route(&mut reg, 0, 100.0, 1.3);
+            assert!(matches!(reply, RouteReply::Ready { .. }), "{reply:?}");
+        }
+        // A third client polls (every 5 s at most) while the workers go on
+        // reporting no session.
+        let (reply, _) = route(&mut reg, 0, 100.0, 2.0);
+        let RouteReply::Waiting { request_idx, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        let mut t = 2.0;
+        let served = loop {
+            t += 2.0;
+            assert!(t < 20.0, "still waiting at t={t}");
+            for w in [1, 2] {
+                report_sessions(&mut reg, w, vec![], t);
+            }
+            pass(&mut reg, t);
+            if let (RouteReply::Ready { .. }, _) = route(&mut reg, request_idx, 100.0, t) {
+                break t;
+            }
+        };
+        assert!(served > 1.3 + ASSIGNMENT_CONFIRM_WINDOW, "{served}");
     }
 
     #[test]
