@@ -244,6 +244,10 @@ struct Waiting<'a> {
     endpoint: &'a str,
     request_idx: u64,
     status: String,
+    /// Engine extra: why launches fail, while they do (clients ignore
+    /// unknown keys; the cause is in `status` too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// A validated `/route/` body.
@@ -402,6 +406,7 @@ async fn route(
                 request_idx,
                 status,
                 hold,
+                reason,
                 ..
             } => {
                 idx = request_idx;
@@ -423,6 +428,7 @@ async fn route(
                         endpoint: &endpoint,
                         request_idx,
                         status,
+                        reason,
                     },
                 ));
             }
@@ -664,7 +670,24 @@ fn backoff_json(g: &EndpointGauges) -> Value {
         "retry_at": g.backoff_retry_at,
         "spawns": g.spawns,
         "failed_spawns": g.spawn_failures,
+        "last_error": g.last_error.as_ref().map(|(err, _)| err),
+        "last_error_at": g.last_error.as_ref().map(|(_, at)| at),
     })
+}
+
+/// A store failure as the web API answers it: a full disk is 503 naming
+/// the database file (the engine keeps running; retry once space is
+/// freed), anything else an internal error.
+fn store_failure(core: &Core, err: DbError) -> WebError {
+    if err.is_disk_full() {
+        tracing::error!(%err, "state database: disk full");
+        WebError::Unavailable(format!(
+            "no space left on device writing {}",
+            core.config.db_path().display()
+        ))
+    } else {
+        WebError::internal(err)
+    }
 }
 
 fn endpoint_json(core: &Core, id: i64) -> Option<Value> {
@@ -736,7 +759,7 @@ async fn create_endpoint(
             DbError::Duplicate(name) => WebError::Duplicate(format!(
                 "endpoint_name: an endpoint named {name:?} already exists"
             )),
-            other => WebError::internal(other),
+            other => store_failure(&core, other),
         })?;
     let id = stored.id;
     tracing::info!(endpoint = %stored.name, id, "endpoint created");
@@ -785,7 +808,7 @@ async fn update_endpoint(
         })
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(WebError::internal)?;
+        .map_err(|e| store_failure(&core, e))?;
     match core.apply(Event::EndpointUpdated {
         id,
         settings,
@@ -818,7 +841,7 @@ async fn delete_endpoint(
         .call(move |db| db.delete_endpoint(id))
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(WebError::internal)?;
+        .map_err(|e| store_failure(&core, e))?;
     tracing::info!(endpoint = %name, id, workers = count, "endpoint deleted");
     Ok(json_response(
         StatusCode::OK,
@@ -839,7 +862,7 @@ async fn list_workers(
         .call(move |db| db.worker_history(id, 50))
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(WebError::internal)?;
+        .map_err(|e| store_failure(&core, e))?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "success": true, "results": rows, "history": history }),
@@ -859,7 +882,7 @@ async fn worker_logs(
         .call(move |db| db.worker_endpoint(worker_id))
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(WebError::internal)?;
+        .map_err(|e| store_failure(&core, e))?;
     if owner != Some(id) {
         return Err(WebError::NotFound(format!(
             "worker {worker_id} of endpoint {id}"
@@ -956,7 +979,7 @@ async fn set_template(
         .call(move |db| db.update_template(endpoint_id, &t))
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(WebError::internal)?;
+        .map_err(|e| store_failure(core, e))?;
     match core.apply(Event::EndpointUpdated {
         id: endpoint_id,
         settings: stored.settings,
@@ -1145,6 +1168,83 @@ mod tests {
             &mut bad_paths,
         );
         assert!(bad_paths.is_empty(), "{show}");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_answers_503_backs_off_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (id, key) = seed_endpoint(&core, json!({})).await;
+        // The state database cannot grow any more: creating endpoints
+        // fails at some point, with 503 naming the cause and the file.
+        core.store
+            .call(|db| db.fill_disk_for_test())
+            .await
+            .unwrap()
+            .unwrap();
+        let db_path = core.config.db_path().display().to_string();
+        let mut refused = None;
+        for i in 0..200 {
+            let body = json!({"endpoint_name": format!("more-{i}")});
+            let (status, body) = call(&core, "POST", "/api/v0/endptjobs/", body).await;
+            if status != StatusCode::OK {
+                refused = Some((status, body));
+                break;
+            }
+        }
+        let (status, body) = refused.expect("the capped database never filled up");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(
+            body["msg"],
+            json!(format!("no space left on device writing {db_path}")),
+            "{body}"
+        );
+        // Launches fail the same way (the worker's log cannot be created):
+        // they back off, and the cause is in the WAITING answer and in
+        // `endpoint show`.
+        fake.fail_with(Some(libc::ENOSPC));
+        let route = json!({"endpoint": "e", "api_key": key, "cost": 100});
+        let (_, mut waiting) = call(&core, "POST", "/route/", route.clone()).await;
+        wait_for(|| (fake.failures() >= 1).then_some(())).await;
+        let cause = "no space left on device writing /state/workers/";
+        for _ in 0..20 {
+            let mut poll = route.clone();
+            poll["request_idx"] = waiting["request_idx"].clone();
+            waiting = call(&core, "POST", "/route/", poll).await.1;
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let status = waiting["status"].as_str().unwrap_or_default();
+        assert!(status.contains("launches failing"), "{waiting}");
+        assert!(status.contains(cause), "{waiting}");
+        assert!(
+            waiting["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(cause),
+            "{waiting}"
+        );
+        // About 11 s of retries: launches at 0, 1, 3, 7 s, not every second.
+        let failed = fake.failures();
+        assert!((3..=5).contains(&failed), "{failed} launches in 11 s");
+        let (_, show) = call(
+            &core,
+            "GET",
+            &format!("/api/v0/endptjobs/{id}/"),
+            Value::Null,
+        )
+        .await;
+        let backoff = &show["result"]["spawn_backoff"];
+        assert_eq!(backoff["failures"], json!(failed), "{backoff}");
+        assert!(
+            backoff["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(cause),
+            "{backoff}"
+        );
+        assert!(backoff["last_error_at"].is_number(), "{backoff}");
         handle.shutdown().await;
     }
 

@@ -66,6 +66,18 @@ pub enum DbError {
     Duplicate(String),
 }
 
+impl DbError {
+    /// The disk (or the database's size limit) is full: SQLite reports
+    /// `SQLITE_FULL` when a write fails with `ENOSPC`.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// One stored endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEndpoint {
@@ -197,6 +209,16 @@ impl Db {
             conn: Mutex::new(conn),
             path: path.to_owned(),
         })
+    }
+
+    /// Caps the database at its current size, so that the next write
+    /// needing a new page fails as on a full disk (`SQLITE_FULL`).
+    #[cfg(test)]
+    pub fn fill_disk_for_test(&self) -> Result<(), DbError> {
+        let conn = self.conn();
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// The database file.

@@ -219,6 +219,9 @@ pub enum RouteReply {
         status: String,
         /// Worth holding the answer for a worker to become ready.
         hold: bool,
+        /// Why launches are failing, while they are held back (also at the
+        /// end of `status`).
+        reason: Option<String>,
     },
 }
 
@@ -382,6 +385,9 @@ pub struct EndpointGauges {
     pub backoff_last_failure: Option<f64>,
     /// When the next launch may happen, if held back.
     pub backoff_retry_at: Option<f64>,
+    /// Why the last launch failed (e.g. `no space left on device writing
+    /// <path>`), and when.
+    pub last_error: Option<(String, f64)>,
 }
 
 // ---------------------------------------------------------------------------
@@ -529,6 +535,8 @@ struct Endpoint {
     load: f64,
     /// Sessions an engine-launched worker holds at most (`None`: no limit).
     max_sessions: Option<usize>,
+    /// Why the last launch failed, and when.
+    last_error: Option<(String, f64)>,
 }
 
 /// Sessions a worker launched with `template` holds at most: its
@@ -575,6 +583,7 @@ impl Endpoint {
             spawn_failures: 0,
             load: 0.0,
             max_sessions: template_max_sessions(&stored_template),
+            last_error: None,
         }
     }
 
@@ -634,6 +643,9 @@ impl Endpoint {
                 } else if state == WorkerState::Error && !w.idle_this_life {
                     self.backoff.record_failure(now);
                     self.spawn_failures += 1;
+                    if let Some(reason) = &reason {
+                        self.last_error = Some((reason.clone(), now));
+                    }
                 }
             }
         }
@@ -782,6 +794,7 @@ impl Endpoint {
             backoff_delay: self.backoff.delay(),
             backoff_last_failure: self.backoff.last_failure(),
             backoff_retry_at: self.backoff.retry_at(),
+            last_error: self.last_error.clone(),
         }
     }
 }
@@ -1129,12 +1142,23 @@ impl Registry {
             endpoint_id: ep.stored.id,
             waiting: true,
         });
+        let mut status = waiting_status_from_counts(ep.policy.state, &ep.state_counts);
+        let failures = ep.backoff.failures();
+        let reason = match &ep.last_error {
+            Some((err, _)) if failures > 0 && ep.policy.state != EndpointState::Stopped => {
+                // No countdown in it: clients print the status when it changes.
+                status.push_str(&format!("; launches failing ({failures} in a row): {err}"));
+                Some(err.clone())
+            }
+            _ => None,
+        };
         RouteReply::Waiting {
             endpoint_id: ep.stored.id,
             endpoint: ep.stored.name.clone(),
             request_idx: idx,
-            status: waiting_status_from_counts(ep.policy.state, &ep.state_counts),
+            status,
             hold: ep.policy.state != EndpointState::Stopped,
+            reason,
         }
     }
 
@@ -1384,7 +1408,21 @@ impl Registry {
             effects.push(Effect::Count(Count::WorkerExit("unexpected")));
             ep.worker_exited(worker_id);
         }
-        if let Some(tr) = ep.refresh(worker_id, now) {
+        let spawn_error = ep
+            .workers
+            .get(&worker_id)
+            .filter(|w| w.spawned.is_none())
+            .and_then(|w| w.error.clone());
+        let transition = ep.refresh(worker_id, now);
+        if let Some(err) = spawn_error {
+            // The launch itself failed: its error is the cause, not the
+            // generic "exited" the state derivation gives.
+            if let Some(w) = ep.workers.get_mut(&worker_id) {
+                w.error = Some(err.clone());
+            }
+            ep.last_error = Some((err, now));
+        }
+        if let Some(tr) = transition {
             let broken = tr.to == WorkerState::Error;
             record(effects, &name, tr);
             if broken {

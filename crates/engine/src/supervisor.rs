@@ -111,14 +111,23 @@ pub struct Spawned {
 /// Why a spawn failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// I/O while preparing or spawning.
-    #[error("cannot start {what}: {source}")]
+    /// I/O while preparing or spawning; a full disk is named as such
+    /// (`no space left on device writing <path>`).
+    #[error("{}", describe_io(what, source))]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+fn describe_io(what: &str, source: &std::io::Error) -> String {
+    if source.raw_os_error() == Some(libc::ENOSPC) {
+        format!("no space left on device writing {what}")
+    } else {
+        format!("cannot start {what}: {source}")
+    }
 }
 
 /// What the engine needs to run workers: [`Supervisor`] for real
@@ -307,7 +316,7 @@ impl Supervisor {
             move |source| SpawnError::Io { what, source }
         };
         let dir = worker_dir(&self.inner.state_dir, worker_id);
-        fs::create_dir_all(&dir).map_err(io("worker directory"))?;
+        fs::create_dir_all(&dir).map_err(io(&dir.display().to_string()))?;
         let worker_port = free_port().map_err(io("port allocation"))?;
         let mut http_port = free_port().map_err(io("port allocation"))?;
         while http_port == worker_port {
@@ -397,7 +406,8 @@ impl Supervisor {
                 process_start_time(c.pid).unwrap_or(0)
             ));
         }
-        fs::write(pidfile(&self.inner.state_dir, worker_id), pids).map_err(io("pidfile"))?;
+        let pid_path = pidfile(&self.inner.state_dir, worker_id);
+        fs::write(&pid_path, pids).map_err(io(&pid_path.display().to_string()))?;
         Ok(Spawned {
             generation,
             url,
@@ -420,7 +430,8 @@ impl Supervisor {
     ) -> Result<ProcHandle, SpawnError> {
         let log_path = dir.join(kind.log_name());
         let what = format!(
-            "{} of worker {worker_id} ({})",
+            "{} ({} of worker {worker_id}: {})",
+            log_path.display(),
             kind.log_name(),
             command.display()
         );

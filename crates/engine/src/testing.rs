@@ -17,14 +17,29 @@ use crate::endpoint::WorkerTemplate;
 use crate::engine::{Engine, EngineHandle};
 use crate::supervisor::{Launcher, ProcHandle, ProcKind, SpawnError, Spawned};
 
-/// Launches nothing: records each launch (id, mtoken).
+/// Launches nothing: records each launch (id, mtoken), or fails it with
+/// the OS error set by [`FakeLauncher::fail_with`].
 #[derive(Debug, Default)]
 pub struct FakeLauncher {
     /// Launches so far: worker id and `MASTER_TOKEN`.
     pub launched: Mutex<Vec<(i64, String)>>,
+    /// Failed launch attempts.
+    pub failed: Mutex<usize>,
+    fail: Mutex<Option<i32>>,
 }
 
 impl FakeLauncher {
+    /// Makes later launches fail with OS error `errno` (`None`: succeed),
+    /// as opening the worker's log would.
+    pub fn fail_with(&self, errno: Option<i32>) {
+        *self.fail.lock().unwrap() = errno;
+    }
+
+    /// Launch attempts that failed.
+    pub fn failures(&self) -> usize {
+        *self.failed.lock().unwrap()
+    }
+
     /// The URL a launched worker gets.
     pub fn url(worker_id: i64) -> String {
         format!("http://127.0.0.1:{}", 40_000 + worker_id)
@@ -43,6 +58,13 @@ impl Launcher for FakeLauncher {
         mtoken: &str,
         _template: &WorkerTemplate,
     ) -> Result<Spawned, SpawnError> {
+        if let Some(errno) = *self.fail.lock().unwrap() {
+            *self.failed.lock().unwrap() += 1;
+            return Err(SpawnError::Io {
+                what: format!("/state/workers/{worker_id}/worker.log"),
+                source: std::io::Error::from_raw_os_error(errno),
+            });
+        }
         self.launched
             .lock()
             .unwrap()
