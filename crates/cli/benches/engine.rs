@@ -329,7 +329,9 @@ impl SpawnedEngine {
             .arg(dir.path().join("state"))
             .arg("--account-key")
             .arg(ACCOUNT_KEY)
-            // Simulated workers report once; they must stay routable.
+            // Simulated workers are external; they report once and must
+            // stay routable.
+            .arg("--allow-external-workers")
             .arg("--stale-after")
             .arg("86400")
             .current_dir(dir.path());
@@ -431,7 +433,7 @@ struct SimulatedEndpoint {
 /// Creates an endpoint sized for `workers` simulated workers and registers
 /// them. The settings make every `/route/` READY: `max_queue_time` is huge,
 /// so no worker counts as full (each READY adds one second of queue to a
-/// worker until it is forgotten after the 60 s `replay_timeout`). They also
+/// worker until it is released, unconfirmed, after 10 s). They also
 /// keep the autoscaler from launching processes: `min_load` 0 wants no
 /// worker before the simulated ones register, and `max_workers` equal to
 /// their number caps the demand the READY answers create (the engine never

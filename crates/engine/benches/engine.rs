@@ -41,6 +41,7 @@ fn live_registry(n: i64) -> Registry {
     let mut reg = Registry::new(
         RegistryConfig {
             stale_after: 1e9,
+            strict: false,
             ..RegistryConfig::default()
         },
         0,

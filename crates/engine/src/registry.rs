@@ -43,7 +43,9 @@ pub struct RegistryConfig {
     pub stale_after: f64,
     /// Scale-down hysteresis (seconds).
     pub scale_down_delay: f64,
-    /// Refuse reports from workers the engine did not launch.
+    /// Refuse reports from workers the engine did not launch (the
+    /// default); else a report with an endpoint's api_key as `mtoken`
+    /// registers an external worker.
     pub strict: bool,
 }
 
@@ -52,7 +54,7 @@ impl Default for RegistryConfig {
         Self {
             stale_after: 30.0,
             scale_down_delay: 5.0,
-            strict: false,
+            strict: true,
         }
     }
 }
@@ -1075,7 +1077,7 @@ impl Registry {
     fn external_endpoint(&self, report: &WorkerStatus) -> Result<i64, Refusal> {
         if self.config.strict {
             return Err(Refusal::Unauthorized(format!(
-                "unknown worker id {}",
+                "unknown worker id {}: this engine only takes reports from workers it launched (start it with --allow-external-workers to register others)",
                 report.id
             )));
         }
@@ -2430,7 +2432,34 @@ mod tests {
 
     #[test]
     fn reports_are_refused_with_a_reason() {
+        // By default only launched workers may report.
         let mut reg = registry();
+        let report = idle_report(9, KEY, "http://127.0.0.1:1");
+        let refusal = reg.check_report(&report).unwrap_err();
+        assert!(
+            refusal.to_string().contains("--allow-external-workers"),
+            "{refusal}"
+        );
+        let out = reg.apply(
+            Event::Report {
+                report,
+                signature: Some("sig".into()),
+            },
+            1.0,
+        );
+        assert!(matches!(
+            out.reply,
+            Reply::Accepted(Err(Refusal::Unauthorized(_)))
+        ));
+        assert_eq!(reg.worker_count(), 0);
+        let mut reg = Registry::new(
+            RegistryConfig {
+                strict: false,
+                ..RegistryConfig::default()
+            },
+            0,
+        );
+        reg.apply(Event::EndpointCreated(stored(1, seed())), 0.0);
         let out = reg.apply(
             Event::Report {
                 report: idle_report(9, "nope", "http://127.0.0.1:1"),
