@@ -890,12 +890,7 @@ async fn worker_logs(
     }
     let consumer =
         query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    let tail: u64 = match query_value(&query, "tail") {
-        None => 1 << 20,
-        Some(v) => v.parse().map_err(|_| {
-            WebError::InvalidArgs(format!("tail: expected a number of bytes, got {v:?}"))
-        })?,
-    };
+    let tail = log_tail(query_value(&query, "tail").as_deref())?;
     let kind = if consumer {
         crate::supervisor::ProcKind::Consumer
     } else {
@@ -917,6 +912,23 @@ async fn worker_logs(
             kind.log_name()
         ))),
         Err(err) => Err(WebError::internal(err)),
+    }
+}
+
+/// Bytes of a log answered when `?tail=` is not given.
+pub const DEFAULT_LOG_TAIL: u64 = 1 << 20;
+/// Most bytes of a log one call answers (`?tail=` above it is reduced to
+/// it): the answer is read into memory.
+pub const MAX_LOG_TAIL: u64 = 8 << 20;
+
+/// The `?tail=` of a log request: a number of bytes, at most
+/// [`MAX_LOG_TAIL`].
+fn log_tail(raw: Option<&str>) -> Result<u64, WebError> {
+    match raw {
+        None => Ok(DEFAULT_LOG_TAIL),
+        Some(v) => v.parse::<u64>().map(|n| n.min(MAX_LOG_TAIL)).map_err(|_| {
+            WebError::InvalidArgs(format!("tail: expected a number of bytes, got {v:?}"))
+        }),
     }
 }
 
@@ -1246,6 +1258,24 @@ mod tests {
         );
         assert!(backoff["last_error_at"].is_number(), "{backoff}");
         handle.shutdown().await;
+    }
+
+    #[test]
+    fn log_tails_are_bounded() {
+        assert_eq!(log_tail(None).unwrap(), DEFAULT_LOG_TAIL);
+        assert_eq!(log_tail(Some("100")).unwrap(), 100);
+        assert_eq!(
+            log_tail(Some("18446744073709551615")).unwrap(),
+            MAX_LOG_TAIL
+        );
+        let err = log_tail(Some("-1")).unwrap_err().to_string();
+        assert!(err.contains("tail: expected a number of bytes"), "{err}");
+        // What is read is the end of the file, at most `tail` bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.log");
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(read_tail(&path, 4).unwrap(), b"6789");
+        assert_eq!(read_tail(&path, MAX_LOG_TAIL).unwrap(), b"0123456789");
     }
 
     #[test]

@@ -188,7 +188,8 @@ enum EndpointCommand {
         /// The consumer's log instead of the worker's.
         #[arg(long)]
         consumer: bool,
-        /// At most this many bytes from the end of each log.
+        /// At most this many bytes from the end of each log (the engine
+        /// answers at most 8 MiB).
         #[arg(long, default_value_t = 65536)]
         tail: u64,
     },
