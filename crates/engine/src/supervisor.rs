@@ -348,6 +348,8 @@ impl Supervisor {
                 worker_port.to_string(),
             ),
             ("PUBLIC_IPADDR".into(), "127.0.0.1".into()),
+            // Bind what the URL says: loopback only.
+            ("NULLWORKER_LISTEN_ADDR".into(), "127.0.0.1".into()),
             ("USE_SSL".into(), "false".into()),
             ("UNSECURED".into(), "false".into()),
             ("NULL_CONTROL_PORT".into(), control_port.to_string()),
@@ -597,6 +599,7 @@ mod tests {
         let log = fs::read_to_string(sup.log_path(7, ProcKind::Worker)).unwrap();
         assert!(log.contains("CONTAINER_ID=7"), "{log}");
         assert!(log.contains("MASTER_TOKEN=tok"), "{log}");
+        assert!(log.contains("NULLWORKER_LISTEN_ADDR=127.0.0.1\n"), "{log}");
         assert!(log.contains("EXTRA_VAR=42"), "{log}");
         assert!(
             log.contains(&format!("VAST_TCP_PORT_{0}={0}", spawned.worker_port)),
