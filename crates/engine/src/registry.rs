@@ -418,6 +418,10 @@ struct Worker {
     idle_this_life: bool,
     /// A report with numbers out of bounds was logged (once per worker).
     numbers_warned: bool,
+    /// Relaunches in a row because its ports were taken (reset at IDLE).
+    port_relaunches: u32,
+    /// Relaunch once the current processes are stopped.
+    relaunch: bool,
 }
 
 impl Worker {
@@ -442,6 +446,8 @@ impl Worker {
             error: None,
             idle_this_life: false,
             numbers_warned: false,
+            port_relaunches: 0,
+            relaunch: false,
         }
     }
 
@@ -641,6 +647,7 @@ impl Endpoint {
             if !w.external {
                 if state == WorkerState::Idle {
                     w.idle_this_life = true;
+                    w.port_relaunches = 0;
                     self.backoff.reset();
                 } else if state == WorkerState::Error && !w.idle_this_life {
                     self.backoff.record_failure(now);
@@ -819,6 +826,22 @@ pub struct Registry {
 /// Above this many workers, debug builds check the invariants of the
 /// touched endpoint only, not of every endpoint, after each event.
 const FULL_CHECK_MAX_WORKERS: usize = 2_000;
+
+/// A launched worker whose ports were taken before it could bind them (the
+/// engine picks free ports, then the worker binds them: another process
+/// may take one in between) is relaunched at once on fresh ports, this
+/// many times in a row, without counting as a failed launch; after that
+/// the error counts like any other.
+pub const MAX_PORT_RELAUNCHES: u32 = 3;
+
+/// Whether a report's `error_msg` says the worker could not bind a port
+/// because it is in use (the worker's launch-failure report: `cannot listen
+/// on 127.0.0.1:<port> (...): Address already in use (os error 98)`).
+fn port_taken(error_msg: &str) -> bool {
+    error_msg
+        .to_ascii_lowercase()
+        .contains("address already in use")
+}
 
 /// An external worker silent for this many times `stale_after` (60 s by
 /// default: `ERROR` at `stale_after`, then as long again of grace) is
@@ -1218,6 +1241,41 @@ impl Registry {
         if w.mtoken != report.mtoken {
             return Err(Refusal::Unauthorized("bad mtoken".into()));
         }
+        if !w.external
+            && !w.idle_this_life
+            && w.process == ProcessPhase::Running
+            && w.port_relaunches < MAX_PORT_RELAUNCHES
+            && port_taken(&report.error_msg)
+        {
+            // Its port was taken between the engine choosing it and the
+            // worker binding it: not the worker's fault. Stop what is left
+            // of it, then launch it again on fresh ports (`stop_done`).
+            w.port_relaunches += 1;
+            w.relaunch = true;
+            w.process = ProcessPhase::NotSpawned;
+            w.url = None;
+            w.signature = None;
+            let spawned = w.spawned.take();
+            tracing::warn!(
+                endpoint = %ep.stored.name,
+                worker = id,
+                error = %report.error_msg,
+                attempt = w.port_relaunches,
+                "worker port taken before the worker could bind it; relaunching on fresh ports"
+            );
+            ep.requests.forget_worker(id);
+            ep.apply_request_changes();
+            if let Some(tr) = ep.refresh(id, now) {
+                record(effects, &ep.stored.name, tr);
+            }
+            effects.push(Effect::Count(Count::Report));
+            effects.push(Effect::Stop {
+                worker_id: id,
+                spawned,
+                destroy: false,
+            });
+            return Ok(());
+        }
         if !repaired.is_empty() && !w.numbers_warned {
             w.numbers_warned = true;
             tracing::warn!(
@@ -1491,6 +1549,14 @@ impl Registry {
             if w.process == ProcessPhase::Stopping {
                 w.process = ProcessPhase::Stopped;
                 w.stopped_at = Some(now);
+            }
+            if std::mem::take(&mut w.relaunch) && w.process == ProcessPhase::NotSpawned {
+                effects.push(Effect::Spawn {
+                    endpoint_id: ep_id,
+                    worker_id,
+                    mtoken: w.mtoken.clone(),
+                    template: ep.stored.template.clone(),
+                });
             }
         }
         if let Some(tr) = ep.refresh(worker_id, now) {
@@ -2406,6 +2472,105 @@ mod tests {
             }
         };
         assert!(served > 1.3 + ASSIGNMENT_CONFIRM_WINDOW, "{served}");
+    }
+
+    #[test]
+    fn a_worker_whose_port_was_taken_is_relaunched_at_once_without_backoff() {
+        let mut reg = registry();
+        route(&mut reg, 0, 100.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        let (id, mtoken) = spawns(&effects)[0].clone();
+        let taken = |port: i64| {
+            format!(
+                "Worker Server failed to launch: cannot listen on 127.0.0.1:{port} (public listener, WORKER_PORT): Address already in use (os error 98)"
+            )
+        };
+        let mut t = 1.2;
+        for attempt in 0..=MAX_PORT_RELAUNCHES {
+            let (spawned, exited) = fake_spawned(id);
+            std::mem::forget(exited);
+            let url = spawned.url.clone();
+            reg.apply(
+                Event::SpawnDone {
+                    endpoint_id: 1,
+                    worker_id: id,
+                    result: Ok(spawned),
+                },
+                t,
+            );
+            let mut report = idle_report(id, &mtoken, &url);
+            report.loadtime = 0.0;
+            report.max_perf = 0.0;
+            report.error_msg = taken(20_000 + id);
+            let out = reg.apply(
+                Event::Report {
+                    report,
+                    signature: None,
+                },
+                t + 0.01,
+            );
+            assert!(matches!(out.reply, Reply::Accepted(Ok(()))));
+            let g = reg.gauges(1).unwrap();
+            if attempt == MAX_PORT_RELAUNCHES {
+                // Taken again and again: now it is a failed launch.
+                assert!(stops(&out.effects).is_empty(), "{:?}", out.effects);
+                assert_eq!(g.backoff_failures, 1);
+                assert_eq!(g.counts[WorkerState::Error.index()], 1);
+                break;
+            }
+            // Stopped, then launched again at once: no failure counted.
+            assert_eq!(stops(&out.effects), vec![id], "{:?}", out.effects);
+            assert_eq!(g.backoff_failures, 0);
+            assert_eq!(g.spawn_failures, 0);
+            assert_eq!(g.counts[WorkerState::Error.index()], 0);
+            let out = reg.apply(
+                Event::StopDone {
+                    worker_id: id,
+                    destroy: false,
+                },
+                t + 0.02,
+            );
+            assert_eq!(spawns(&out.effects), vec![(id, mtoken.clone())]);
+            t += 0.1;
+        }
+        // A relaunch that binds resets the count.
+        let mut reg = registry();
+        route(&mut reg, 0, 100.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        let (id, mtoken) = spawns(&effects)[0].clone();
+        let (spawned, exited) = fake_spawned(id);
+        std::mem::forget(exited);
+        let url = spawned.url.clone();
+        reg.apply(
+            Event::SpawnDone {
+                endpoint_id: 1,
+                worker_id: id,
+                result: Ok(spawned),
+            },
+            1.2,
+        );
+        let mut report = idle_report(id, &mtoken, &url);
+        report.error_msg = taken(1);
+        let out = reg.apply(
+            Event::Report {
+                report,
+                signature: None,
+            },
+            1.3,
+        );
+        assert_eq!(stops(&out.effects), vec![id]);
+        let out = reg.apply(
+            Event::StopDone {
+                worker_id: id,
+                destroy: false,
+            },
+            1.4,
+        );
+        let relaunched = bring_up(&mut reg, &out.effects, 1.5);
+        assert_eq!(relaunched, vec![(id, mtoken)]);
+        assert_eq!(reg.worker(id).unwrap().port_relaunches, 0);
+        let (reply, _) = route(&mut reg, 0, 100.0, 1.6);
+        assert!(matches!(reply, RouteReply::Ready { .. }), "{reply:?}");
     }
 
     #[test]

@@ -435,6 +435,32 @@ fn backoff(engine: &EngineGuard, ep: &TestEndpoint) -> Value {
 }
 
 #[test]
+fn engine_relaunches_a_worker_whose_port_is_taken_without_backoff() {
+    let engine = EngineGuard::start();
+    // The worker's public port is held here, so the real worker cannot
+    // bind it: it reports why and exits, as when another process takes a
+    // port between the engine choosing it and the worker binding it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let mut env = serde_json::Map::new();
+    env.insert("WORKER_PORT".into(), json!(port));
+    env.insert(format!("VAST_TCP_PORT_{port}"), json!(port));
+    let ep = engine.create_seed_endpoint(
+        "taken",
+        json!({"inactivity_timeout": -1, "worker_env": env}),
+    );
+    // Relaunched at once three times, then it counts as one failed launch.
+    let b = wait_for("a failed launch", LONG, || {
+        let b = backoff(&engine, &ep);
+        (b["failures"].as_u64() == Some(1)).then_some(b)
+    });
+    assert_eq!(b["spawns"], json!(4), "{b}");
+    let error = b["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("Address already in use"), "{b}");
+    drop(held);
+}
+
+#[test]
 fn engine_backs_off_a_worker_command_that_exits_at_once() {
     let engine = EngineGuard::start();
     // One worker is always wanted; its command exits at once.
