@@ -201,8 +201,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         saved.cpus, saved.loadavg_at_start
     );
 
-    // Simulated workers report once; they must stay routable.
-    let engine = SpawnedEngine::start(&["--stale-after", "86400"]).await?;
+    // Simulated workers are external; they report once and must stay routable.
+    let engine =
+        SpawnedEngine::start(&["--allow-external-workers", "--stale-after", "86400"]).await?;
     let client = Client::builder(ACCOUNT_KEY)
         .autoscaler_url(engine.url.clone())
         .webserver_url(engine.url.clone())
@@ -316,7 +317,7 @@ struct SimulatedEndpoint {
 /// Creates an endpoint sized for `workers` simulated workers and registers
 /// them. The settings make every `/route/` READY: `max_queue_time` is huge,
 /// so no worker counts as full (each READY adds one second of queue to a
-/// worker until it is forgotten after the 60 s `replay_timeout`). They also
+/// worker until it is released, unconfirmed, after 10 s). They also
 /// keep the autoscaler from launching processes: `min_load` 0 wants no
 /// worker before the simulated ones register, and `max_workers` equal to
 /// their number caps the demand the READY answers create (the engine never

@@ -5,11 +5,10 @@
 //! worker logs under `/api/v0/endptjobs/{id}/workers/`) and `GET /metrics`.
 //! Every path answers with and without its trailing slash.
 //!
-//! Handlers validate input, then read or change the registry and the
-//! database; bad input gets a 4xx naming the field, never a panic.
-
-// Early-return helpers hand back a ready `Response` as their error.
-#![allow(clippy::result_large_err)]
+//! Handlers validate input, turn it into registry events through
+//! [`Core::apply`], and answer; errors are the enums of `http_error`, never
+//! a panic. Nothing here holds the registry lock for more than one event or
+//! one page of [`PAGE`] workers, and nothing here waits for the disk under it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -22,23 +21,29 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Router;
 use nullworker_protocol::messages::{
-    ApiError, ApiList, ApiOk, ApiResult, DeleteRequestsBody, EndpointParams, EndpointRecord,
-    WorkerStatus,
+    ApiList, ApiOk, ApiResult, DeleteRequestsBody, EndpointParams,
 };
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::db::DbError;
-use crate::endpoint::{validate_name, EndpointSettings, ParamError, WorkerTemplate};
-use crate::engine::{now, Core};
+use crate::context::Core;
+use crate::db::{DbError, StoredEndpoint};
+use crate::endpoint::{validate_name, EndpointSettings, WorkerTemplate};
+use crate::http_error::{json_response, ReportError, RouteError, WebError};
 use crate::metrics::RouteAnswer;
-use crate::policy::worker_state::{ProcessPhase, ReportFacts};
-use crate::policy::EndpointPolicy;
-use crate::registry::{policy_of, Endpoint, Worker};
-use crate::scaler::record_transition;
+use crate::registry::{
+    EndpointGauges, Event, Reply, ReportCheck, RouteReply, RouteRequest, WorkerRow,
+};
 use crate::state::random_key;
 
 type Ctx = State<Arc<Core>>;
+
+/// Largest accepted `/route/` `cost` (the policy's load cap): sums of
+/// costs stay finite and exact enough, on the engine and on the worker.
+pub const MAX_COST: f64 = crate::policy::MAX_LOAD;
+
+/// Workers read per hold of the registry lock by the listing endpoints.
+pub const PAGE: usize = 256;
 
 /// Builds the router over the engine's shared context.
 pub fn router(core: Arc<Core>) -> Router {
@@ -86,58 +91,31 @@ pub fn router(core: Arc<Core>) -> Router {
     router.fallback(not_found).with_state(core)
 }
 
-// ---------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------
-
-fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
-        Err(err) => {
-            tracing::error!(%err, "cannot serialise a response");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+/// Every worker row of an endpoint, read a page at a time so that the
+/// registry lock is never held for O(workers). `None` if there is no such
+/// endpoint.
+pub fn all_worker_rows(core: &Core, endpoint_id: i64) -> Option<Vec<WorkerRow>> {
+    let mut rows: Vec<WorkerRow> = Vec::new();
+    loop {
+        let after = rows.last().map(|r| r.wire.worker.id);
+        let page = core.registry().worker_rows(endpoint_id, after, PAGE);
+        let page = match (page, after) {
+            (Some(page), _) => page,
+            (None, None) => return None,
+            // Deleted between pages: what was read is the answer.
+            (None, Some(_)) => return Some(rows),
+        };
+        let done = page.len() < PAGE;
+        rows.extend(page);
+        if done {
+            return Some(rows);
         }
     }
 }
 
-fn route_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    json_response(status, &json!({ "error_msg": msg.into() }))
-}
-
-fn api_error(status: StatusCode, code: &str, msg: impl Into<String>) -> Response {
-    json_response(status, &ApiError::new(code, msg))
-}
-
-fn internal(err: impl std::fmt::Display) -> Response {
-    tracing::error!(%err, "internal error");
-    api_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal_error",
-        "internal error; see the engine log",
-    )
-}
-
-/// What a web API handler returns: its answer, or the error answer of the
-/// first check that failed.
-type ApiReply = Result<Response, Response>;
-
-/// 400 `invalid_args` with a message naming the bad field.
-fn invalid_args(msg: impl Into<String>) -> Response {
-    api_error(StatusCode::BAD_REQUEST, "invalid_args", msg)
-}
-
-/// 404 `not_found` for `what` (e.g. "endpoint 3").
-fn not_found_error(what: impl std::fmt::Display) -> Response {
-    api_error(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("{what} not found"),
-    )
-}
-
-fn param_error(err: &ParamError) -> Response {
-    invalid_args(err.to_string())
-}
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
 
 fn query_pairs(query: &Option<String>) -> Vec<(String, String)> {
     query
@@ -179,22 +157,16 @@ fn require_account(
     core: &Core,
     headers: &HeaderMap,
     query: &Option<String>,
-) -> Result<(), Response> {
+) -> Result<(), WebError> {
     let keys = presented_keys(headers, query);
     if keys.iter().any(|k| k == &core.account_key) {
         Ok(())
     } else if keys.is_empty() {
-        Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            "auth_error",
-            "missing account key: send Authorization: Bearer <account key>",
+        Err(WebError::Unauthorized(
+            "missing account key: send Authorization: Bearer <account key>".into(),
         ))
     } else {
-        Err(api_error(
-            StatusCode::UNAUTHORIZED,
-            "auth_error",
-            "invalid account key",
-        ))
+        Err(WebError::Unauthorized("invalid account key".into()))
     }
 }
 
@@ -223,9 +195,9 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// The JSON object body of a web API call, or a 400 `invalid_args`.
-fn parse_args(body: &Bytes) -> Result<Map<String, Value>, Response> {
-    parse_object(body).map_err(invalid_args)
+/// The JSON object body of a web API call.
+fn parse_args(body: &Bytes) -> Result<Map<String, Value>, WebError> {
+    parse_object(body).map_err(WebError::InvalidArgs)
 }
 
 /// Checks the account key, then parses the resource id of the path.
@@ -235,29 +207,20 @@ fn authorised_id(
     query: &Option<String>,
     raw: &str,
     what: &str,
-) -> Result<i64, Response> {
+) -> Result<i64, WebError> {
     require_account(core, headers, query)?;
     parse_id(raw, what)
 }
 
-/// The policy of `settings` under the engine's configuration, validated.
-fn checked_policy(core: &Core, settings: &EndpointSettings) -> Result<EndpointPolicy, Response> {
-    let policy = policy_of(
-        settings,
-        core.config.stale_after,
-        core.config.scale_down_delay,
-    );
-    policy
-        .validate()
-        .map_err(|err| invalid_args(err.to_string()))?;
-    Ok(policy)
-}
-
-fn parse_id(raw: &str, what: &str) -> Result<i64, Response> {
+fn parse_id(raw: &str, what: &str) -> Result<i64, WebError> {
     raw.parse::<i64>()
         .ok()
         .filter(|id| *id > 0)
-        .ok_or_else(|| invalid_args(format!("Invalid {what} ID {raw:?}")))
+        .ok_or_else(|| WebError::InvalidArgs(format!("Invalid {what} ID {raw:?}")))
+}
+
+fn endpoint_not_found(id: i64) -> WebError {
+    WebError::NotFound(format!("endpoint {id}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -281,33 +244,28 @@ struct Waiting<'a> {
     endpoint: &'a str,
     request_idx: u64,
     status: String,
+    /// Engine extra: why launches fail, while they do (clients ignore
+    /// unknown keys; the cause is in `status` too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
-async fn route(
-    State(core): Ctx,
-    headers: HeaderMap,
-    RawQuery(query): RawQuery,
-    body: Bytes,
-) -> Response {
-    let bad = |msg: String| {
-        core.metrics.route(RouteAnswer::BadRequest);
-        route_error(StatusCode::BAD_REQUEST, msg)
-    };
-    let obj = match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => map,
-        Ok(other) => {
-            return bad(format!(
-                "body must be a JSON object, got {}",
-                json_kind(&other)
-            ))
-        }
-        Err(err) => return bad(format!("body is not valid JSON: {err}")),
-    };
+/// A validated `/route/` body.
+struct RouteBody<'a> {
+    name: Option<&'a str>,
+    endpoint_id: Option<i64>,
+    cost_value: &'a Value,
+    cost: f64,
+    request_idx: u64,
+    replay_timeout: f64,
+}
+
+fn route_body(obj: &Map<String, Value>) -> Result<RouteBody<'_>, String> {
     let name = match obj.get("endpoint") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
         Some(other) => {
-            return bad(format!(
+            return Err(format!(
                 "endpoint: expected the endpoint name as a string, got {}",
                 json_kind(other)
             ))
@@ -317,21 +275,21 @@ async fn route(
         None | Some(Value::Null) => None,
         Some(v) => match v.as_i64() {
             Some(id) => Some(id),
-            None => return bad(format!("endpoint_id: expected an integer, got {v}")),
+            None => return Err(format!("endpoint_id: expected an integer, got {v}")),
         },
     };
     if name.is_none() && endpoint_id.is_none() {
-        return bad("endpoint: missing; expected the endpoint name (or endpoint_id)".into());
+        return Err("endpoint: missing; expected the endpoint name (or endpoint_id)".into());
     }
     let cost_value = match obj.get("cost") {
-        None | Some(Value::Null) => return bad("cost: missing; expected a number >= 0".into()),
+        None | Some(Value::Null) => return Err("cost: missing; expected a number >= 0".into()),
         Some(v) => v,
     };
     let cost = match cost_value.as_f64() {
-        Some(c) if c.is_finite() && c >= 0.0 => c,
+        Some(c) if c.is_finite() && (0.0..=MAX_COST).contains(&c) => c,
         _ => {
-            return bad(format!(
-                "cost: expected a finite number >= 0, got {cost_value}"
+            return Err(format!(
+                "cost: expected a number from 0 to {MAX_COST:e}, got {cost_value}"
             ))
         }
     };
@@ -339,7 +297,7 @@ async fn route(
         None | Some(Value::Null) => 0,
         Some(v) => match v.as_u64() {
             Some(i) => i,
-            None => return bad(format!("request_idx: expected an integer >= 0, got {v}")),
+            None => return Err(format!("request_idx: expected an integer >= 0, got {v}")),
         },
     };
     let replay_timeout = match obj.get("replay_timeout") {
@@ -347,12 +305,43 @@ async fn route(
         Some(v) => match v.as_f64() {
             Some(r) => r,
             None => {
-                return bad(format!(
+                return Err(format!(
                     "replay_timeout: expected a number of seconds, got {v}"
                 ))
             }
         },
     };
+    Ok(RouteBody {
+        name,
+        endpoint_id,
+        cost_value,
+        cost,
+        request_idx,
+        replay_timeout,
+    })
+}
+
+async fn route(
+    State(core): Ctx,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, RouteError> {
+    let bad = |msg: String| {
+        core.metrics.route(RouteAnswer::BadRequest);
+        RouteError::BadRequest(msg)
+    };
+    let obj = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(other) => {
+            return Err(bad(format!(
+                "body must be a JSON object, got {}",
+                json_kind(&other)
+            )))
+        }
+        Err(err) => return Err(bad(format!("body is not valid JSON: {err}"))),
+    };
+    let req = route_body(&obj).map_err(bad)?;
     let mut keys = presented_keys(&headers, &query);
     if let Some(Value::String(k)) = obj.get("api_key") {
         if !k.is_empty() {
@@ -361,27 +350,37 @@ async fn route(
     }
 
     let deadline = tokio::time::Instant::now() + core.config.route_hold;
-    let mut idx = request_idx;
+    let mut idx = req.request_idx;
     loop {
         // Registered before looking, so a worker becoming ready in between
         // is not missed.
         let ready_signal = core.worker_ready.notified();
         tokio::pin!(ready_signal);
         ready_signal.as_mut().enable();
-        let attempt = try_route(&core, name, endpoint_id, &keys, idx, cost, replay_timeout);
-        match attempt {
-            Attempt::Unauthorized => {
+        let reply = core.apply(Event::Route(RouteRequest {
+            name: req.name,
+            endpoint_id: req.endpoint_id,
+            keys: &keys,
+            request_idx: idx,
+            cost: req.cost,
+            replay_timeout: req.replay_timeout,
+        }));
+        let Reply::Route(reply) = reply else {
+            unreachable!("a route event answers with a route reply")
+        };
+        match reply {
+            RouteReply::Unauthorized => {
                 core.metrics.route(RouteAnswer::Unauthorized);
-                let label = name
+                let label = req
+                    .name
                     .map(str::to_owned)
-                    .or(endpoint_id.map(|i| i.to_string()))
+                    .or(req.endpoint_id.map(|i| i.to_string()))
                     .unwrap_or_default();
-                return route_error(
-                    StatusCode::UNAUTHORIZED,
-                    format!("invalid api_key or endpoint {label} not found"),
-                );
+                return Err(RouteError::Unauthorized(format!(
+                    "invalid api_key or endpoint {label} not found"
+                )));
             }
-            Attempt::Ready {
+            RouteReply::Ready {
                 endpoint,
                 url,
                 signature,
@@ -389,29 +388,27 @@ async fn route(
             } => {
                 core.metrics.route(RouteAnswer::Ready);
                 let reqnum = core.reqnum.fetch_add(1, Ordering::Relaxed);
-                return json_response(
+                return Ok(json_response(
                     StatusCode::OK,
                     &Ready {
                         endpoint: &endpoint,
                         url: &url,
-                        cost: cost_value,
+                        cost: req.cost_value,
                         reqnum,
                         request_idx,
                         signature: &signature,
                         request_id: uuid::Uuid::new_v4().to_string(),
                     },
-                );
+                ));
             }
-            Attempt::Waiting {
-                endpoint_id,
+            RouteReply::Waiting {
                 endpoint,
                 request_idx,
                 status,
                 hold,
+                reason,
+                ..
             } => {
-                // Coalesced by the scaler: at most one early pass per
-                // endpoint every 100 ms however many answers wait.
-                core.kick_waiting(endpoint_id);
                 idx = request_idx;
                 let waited_enough = tokio::time::Instant::now() >= deadline;
                 if hold && !waited_enough {
@@ -425,89 +422,17 @@ async fn route(
                     }
                 }
                 core.metrics.route(RouteAnswer::Waiting);
-                return json_response(
+                return Ok(json_response(
                     StatusCode::OK,
                     &Waiting {
                         endpoint: &endpoint,
                         request_idx,
                         status,
+                        reason,
                     },
-                );
+                ));
             }
         }
-    }
-}
-
-enum Attempt {
-    Unauthorized,
-    Ready {
-        endpoint: String,
-        url: Arc<str>,
-        signature: Arc<str>,
-        request_idx: u64,
-    },
-    Waiting {
-        endpoint_id: i64,
-        endpoint: String,
-        request_idx: u64,
-        status: String,
-        hold: bool,
-    },
-}
-
-/// One pass of §12.4 under the registry lock: O(log workers), and no
-/// allocation beyond the answer's strings.
-fn try_route(
-    core: &Core,
-    name: Option<&str>,
-    endpoint_id: Option<i64>,
-    keys: &[String],
-    request_idx: u64,
-    cost: f64,
-    replay_timeout: f64,
-) -> Attempt {
-    let t = now();
-    let mut reg = core.registry();
-    let ep: Option<&mut Endpoint> = match (name, endpoint_id) {
-        (Some(name), _) => reg.by_name_mut(name),
-        (None, Some(id)) => reg.endpoints.get_mut(&id),
-        (None, None) => None,
-    };
-    let ep = match ep {
-        Some(ep) if keys.contains(&ep.stored.api_key) => ep,
-        _ => return Attempt::Unauthorized,
-    };
-    ep.last_activity = ep.last_activity.max(t);
-    let idx = ep.requests.route(request_idx, cost, replay_timeout, t);
-    ep.apply_request_changes();
-    if let Some(worker_id) = ep.choose(cost) {
-        let first_wait = ep.requests.assign(idx, worker_id, cost, t);
-        ep.sync_candidate(worker_id);
-        let w = &ep.workers[&worker_id];
-        let (url, signature) = match (&w.url, &w.signature) {
-            (Some(u), Some(s)) => (u.clone(), s.clone()),
-            _ => unreachable!("routable workers always have a signed URL"),
-        };
-        let endpoint = ep.stored.name.clone();
-        drop(reg);
-        if let Some(since) = first_wait {
-            core.metrics.wait_to_ready(t - since);
-        }
-        return Attempt::Ready {
-            endpoint,
-            url,
-            signature,
-            request_idx: idx,
-        };
-    }
-    ep.requests.mark_waiting(idx, cost, t);
-    let status = ep.waiting_status();
-    Attempt::Waiting {
-        endpoint_id: ep.stored.id,
-        endpoint: ep.stored.name.clone(),
-        request_idx: idx,
-        status,
-        hold: ep.policy.state != crate::policy::EndpointState::Stopped,
     }
 }
 
@@ -520,179 +445,41 @@ async fn pubkey(State(core): Ctx) -> Response {
         .into_response()
 }
 
-fn report_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    json_response(status, &json!({ "error": msg.into() }))
+fn accepted(reply: Reply) -> Result<Response, ReportError> {
+    match reply {
+        Reply::Accepted(Ok(())) => Ok(json_response(StatusCode::OK, &json!({ "ok": true }))),
+        Reply::Accepted(Err(refusal)) => Err(refusal.into()),
+        _ => unreachable!("a report event answers with an acceptance"),
+    }
 }
 
-/// What a report needs before it can be applied under the lock.
-enum ReportPrep {
-    /// Known worker, nothing to sign.
-    Ready,
-    /// An external worker to register (endpoint id), or a known external
-    /// worker whose URL changed: its URL must be signed first.
-    Sign(Option<i64>),
+async fn worker_status(State(core): Ctx, body: Bytes) -> Result<Response, ReportError> {
+    // Lenient: null or non-finite numbers are taken and bounded, so a
+    // worker whose totals overflowed is not refused forever.
+    let report = crate::report::parse(&body).map_err(ReportError::BadRequest)?;
+    let check = core.registry().check_report(&report)?;
+    // Signing takes milliseconds: done before the event, off the runtime
+    // threads.
+    let signature = match check {
+        ReportCheck::Apply => None,
+        ReportCheck::Sign => Some(
+            core.signature(&report.url)
+                .await
+                .ok_or(ReportError::ShuttingDown)?,
+        ),
+    };
+    accepted(core.apply(Event::Report { report, signature }))
 }
 
-async fn worker_status(State(core): Ctx, body: Bytes) -> Response {
-    let report: WorkerStatus = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(err) => {
-            return report_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid worker report: {err}"),
-            )
-        }
-    };
-    let prep = match prepare_report(&core, &report) {
-        Ok(prep) => prep,
-        Err(resp) => return resp,
-    };
-    // Signing takes milliseconds: done before taking the lock, off the
-    // runtime threads.
-    let signature = match prep {
-        ReportPrep::Ready => None,
-        ReportPrep::Sign(_) => match core.signature(&report.url).await {
-            Some(sig) => Some(sig),
-            None => return report_error(StatusCode::SERVICE_UNAVAILABLE, "engine shutting down"),
-        },
-    };
-    let t = now();
-    let mut reg = core.registry();
-    if let (ReportPrep::Sign(Some(ep_id)), Some(sig)) = (&prep, &signature) {
-        if reg.worker_mut(report.id).is_none() {
-            let mut w = Worker::launched(report.id, report.mtoken.clone(), t);
-            w.external = true;
-            w.process = ProcessPhase::Running;
-            w.url = Some(report.url.as_str().into());
-            w.signature = Some(sig.clone());
-            tracing::info!(worker = report.id, url = %report.url, "registered an external worker");
-            reg.add_worker(*ep_id, w);
-        }
-    }
-    let Some((ep, id)) = reg.worker_mut(report.id) else {
-        return report_error(
-            StatusCode::NOT_FOUND,
-            format!("worker {} is gone", report.id),
-        );
-    };
-    let w = ep.workers.get_mut(&id).expect("worker_mut checked it");
-    if w.mtoken != report.mtoken {
-        return report_error(StatusCode::UNAUTHORIZED, "bad mtoken");
-    }
-    if w.external && w.url.as_deref() != Some(report.url.as_str()) && report.url.starts_with("http")
-    {
-        // Signed above unless the URL changed again meanwhile: then the
-        // next report signs it.
-        w.url = Some(report.url.as_str().into());
-        w.signature = signature;
-    }
-    let load_before = w.reported_load() + ep.requests.pending_cost(id);
-    w.last_report = Some(ReportFacts {
-        at: t,
-        max_perf: report.max_perf,
-        loadtime: report.loadtime,
-        error_msg: report.error_msg.clone(),
-        version: report.version.clone(),
-    });
-    let idxs = report.working_request_idxs.clone();
-    w.report = Some(report);
-    ep.requests.observe_report(id, &idxs, t);
-    ep.apply_request_changes();
-    let name = ep.stored.name.clone();
-    let ep_id = ep.stored.id;
-    let transition = ep.refresh(id, t);
-    // Held `/route/` calls only care about a worker that is routable and
-    // just became so or got lighter.
-    let wake = ep.is_routable(id)
-        && (transition.is_some() || {
-            let w = &ep.workers[&id];
-            w.reported_load() + ep.requests.pending_cost(id) < load_before
-        });
-    drop(reg);
-    core.metrics.report();
-    if wake {
-        core.worker_ready.notify_waiters();
-    }
-    if let Some(tr) = transition {
-        record_transition(&core, &name, &tr);
-        core.kick_endpoint(ep_id);
-    }
-    json_response(StatusCode::OK, &json!({ "ok": true }))
-}
-
-/// Checks a report against the registry: a known worker, an external
-/// worker to register, or a refusal.
-fn prepare_report(core: &Core, report: &WorkerStatus) -> Result<ReportPrep, Response> {
-    let mut reg = core.registry();
-    if let Some((ep, id)) = reg.worker_mut(report.id) {
-        let w = &ep.workers[&id];
-        let moved = w.external
-            && w.mtoken == report.mtoken
-            && w.url.as_deref() != Some(report.url.as_str())
-            && report.url.starts_with("http");
-        return Ok(if moved {
-            ReportPrep::Sign(None)
-        } else {
-            ReportPrep::Ready
-        });
-    }
-    // An unknown worker: an external worker registers with its
-    // endpoint's api_key as MASTER_TOKEN.
-    if core.config.strict {
-        return Err(report_error(
-            StatusCode::UNAUTHORIZED,
-            format!("unknown worker id {}", report.id),
-        ));
-    }
-    let Some(ep_id) = reg
-        .endpoints
-        .values()
-        .find(|ep| !report.mtoken.is_empty() && ep.stored.api_key == report.mtoken)
-        .map(|ep| ep.stored.id)
-    else {
-        return Err(report_error(
-            StatusCode::UNAUTHORIZED,
-            format!(
-                "unknown worker id {}: an external worker must use its endpoint's api_key as MASTER_TOKEN",
-                report.id
-            ),
-        ));
-    };
-    if !(report.url.starts_with("http://") || report.url.starts_with("https://")) {
-        return Err(report_error(
-            StatusCode::BAD_REQUEST,
-            format!("url: expected an http(s) URL, got {:?}", report.url),
-        ));
-    }
-    Ok(ReportPrep::Sign(Some(ep_id)))
-}
-
-async fn delete_requests(State(core): Ctx, body: Bytes) -> Response {
-    let parsed: DeleteRequestsBody = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(err) => {
-            return report_error(
-                StatusCode::BAD_REQUEST,
-                format!("invalid delete_requests body: {err}"),
-            )
-        }
-    };
+async fn delete_requests(State(core): Ctx, body: Bytes) -> Result<Response, ReportError> {
+    let parsed: DeleteRequestsBody = serde_json::from_slice(&body)
+        .map_err(|err| ReportError::BadRequest(format!("invalid delete_requests body: {err}")))?;
     let idxs: Vec<u64> = parsed.records().iter().map(|r| r.request_idx).collect();
-    let mut reg = core.registry();
-    let Some((ep, id)) = reg.worker_mut(parsed.worker_id()) else {
-        return report_error(
-            StatusCode::UNAUTHORIZED,
-            format!("unknown worker id {}", parsed.worker_id()),
-        );
-    };
-    if ep.workers[&id].mtoken != parsed.mtoken() {
-        return report_error(StatusCode::UNAUTHORIZED, "bad mtoken");
-    }
-    ep.requests.observe_finished(id, &idxs);
-    ep.apply_request_changes();
-    drop(reg);
-    core.worker_ready.notify_waiters();
-    json_response(StatusCode::OK, &json!({ "ok": true }))
+    accepted(core.apply(Event::RequestsDone {
+        worker_id: parsed.worker_id(),
+        mtoken: parsed.mtoken(),
+        idxs,
+    }))
 }
 
 async fn get_endpoint_workers(
@@ -700,47 +487,37 @@ async fn get_endpoint_workers(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> Response {
-    let obj = match parse_object(&body) {
-        Ok(o) => o,
-        Err(msg) => return route_error(StatusCode::BAD_REQUEST, msg),
-    };
+) -> Result<Response, RouteError> {
+    let obj = parse_object(&body).map_err(RouteError::BadRequest)?;
     let id = match obj.get("id").or_else(|| obj.get("endpoint_id")) {
-        Some(v) => match v.as_i64() {
-            Some(id) => id,
-            None => {
-                return route_error(
-                    StatusCode::BAD_REQUEST,
-                    format!("id: expected the endpoint id as an integer, got {v}"),
-                )
-            }
-        },
+        Some(v) => v.as_i64().ok_or_else(|| {
+            RouteError::BadRequest(format!(
+                "id: expected the endpoint id as an integer, got {v}"
+            ))
+        })?,
         None => {
-            return route_error(
-                StatusCode::BAD_REQUEST,
-                "id: missing; expected the endpoint id",
-            )
+            return Err(RouteError::BadRequest(
+                "id: missing; expected the endpoint id".into(),
+            ))
         }
     };
     let mut keys = presented_keys(&headers, &query);
     if let Some(Value::String(k)) = obj.get("api_key") {
         keys.push(k.clone());
     }
-    let reg = core.registry();
-    match reg.endpoints.get(&id) {
-        Some(ep)
-            if keys
-                .iter()
-                .any(|k| *k == core.account_key || *k == ep.stored.api_key) =>
-        {
-            let workers = ep.wire_workers();
-            drop(reg);
-            json_response(StatusCode::OK, &workers)
+    let allowed = core.registry().stored(id).is_some_and(|ep| {
+        keys.iter()
+            .any(|k| *k == core.account_key || *k == ep.api_key)
+    });
+    let rows = allowed.then(|| all_worker_rows(&core, id)).flatten();
+    match rows {
+        Some(rows) => {
+            let wire: Vec<_> = rows.into_iter().map(|r| r.wire).collect();
+            Ok(json_response(StatusCode::OK, &wire))
         }
-        _ => route_error(
-            StatusCode::UNAUTHORIZED,
-            format!("invalid api_key or endpoint {id} not found"),
-        ),
+        None => Err(RouteError::Unauthorized(format!(
+            "invalid api_key or endpoint {id} not found"
+        ))),
     }
 }
 
@@ -859,57 +636,77 @@ fn apply_template(obj: &Map<String, Value>, template: &mut WorkerTemplate) -> Re
     template.validate().map_err(|e| e.to_string())
 }
 
-fn record_of(ep: &Endpoint) -> EndpointRecord {
-    let s = &ep.stored;
-    s.settings.record(s.id, &s.name, &s.api_key, s.created_at)
-}
-
-/// An endpoint record with the engine's extras (workergroup).
-fn record_with_template(ep: &Endpoint) -> Value {
-    let mut v = serde_json::to_value(record_of(ep)).unwrap_or(Value::Null);
+/// An endpoint record with the engine's extras (workergroup, backoff).
+fn record_json(stored: &StoredEndpoint, gauges: Option<&EndpointGauges>) -> Value {
+    let s = stored;
+    let record = s.settings.record(s.id, &s.name, &s.api_key, s.created_at);
+    let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
     if let Value::Object(map) = &mut v {
-        map.insert("workergroup_id".into(), json!(ep.stored.workergroup_id));
-        map.insert(
-            "worker_command".into(),
-            json!(ep.stored.template.worker_command),
-        );
+        map.insert("workergroup_id".into(), json!(s.workergroup_id));
+        map.insert("worker_command".into(), json!(s.template.worker_command));
         map.insert(
             "consumer_command".into(),
-            json!(ep.stored.template.consumer_command),
+            json!(s.template.consumer_command),
         );
         map.insert(
             "consumer_health_path".into(),
-            json!(ep.stored.template.consumer_health_path),
+            json!(s.template.consumer_health_path),
         );
-        map.insert("worker_env".into(), json!(ep.stored.template.env));
-        map.insert("spawn_backoff".into(), backoff_json(ep));
+        map.insert("worker_env".into(), json!(s.template.env));
+        if let Some(g) = gauges {
+            map.insert("spawn_backoff".into(), backoff_json(g));
+        }
     }
     v
 }
 
 /// The endpoint's spawn backoff: consecutive failed launches, the current
 /// delay and when the next launch may happen (`null` when none is held back).
-fn backoff_json(ep: &Endpoint) -> Value {
-    let b = &ep.backoff;
+fn backoff_json(g: &EndpointGauges) -> Value {
     json!({
-        "failures": b.failures(),
-        "delay": b.delay(),
-        "last_failure_at": b.last_failure(),
-        "retry_at": b.retry_at(),
-        "spawns": ep.spawns,
-        "failed_spawns": ep.spawn_failures,
+        "failures": g.backoff_failures,
+        "delay": g.backoff_delay,
+        "last_failure_at": g.backoff_last_failure,
+        "retry_at": g.backoff_retry_at,
+        "spawns": g.spawns,
+        "failed_spawns": g.spawn_failures,
+        "last_error": g.last_error.as_ref().map(|(err, _)| err),
+        "last_error_at": g.last_error.as_ref().map(|(_, at)| at),
     })
+}
+
+/// A store failure as the web API answers it: a full disk is 503 naming
+/// the database file (the engine keeps running; retry once space is
+/// freed), anything else an internal error.
+fn store_failure(core: &Core, err: DbError) -> WebError {
+    if err.is_disk_full() {
+        tracing::error!(%err, "state database: disk full");
+        WebError::Unavailable(format!(
+            "no space left on device writing {}",
+            core.config.db_path().display()
+        ))
+    } else {
+        WebError::internal(err)
+    }
+}
+
+fn endpoint_json(core: &Core, id: i64) -> Option<Value> {
+    let reg = core.registry();
+    let stored = reg.stored(id)?;
+    Some(record_json(stored, reg.gauges(id).as_ref()))
 }
 
 async fn list_endpoints(
     State(core): Ctx,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     require_account(&core, &headers, &query)?;
-    let reg = core.registry();
-    let list: Vec<Value> = reg.endpoints.values().map(record_with_template).collect();
-    drop(reg);
+    let ids = core.registry().endpoint_ids();
+    let list: Vec<Value> = ids
+        .into_iter()
+        .filter_map(|id| endpoint_json(&core, id))
+        .collect();
     Ok(json_response(StatusCode::OK, &ApiList::ok(list)))
 }
 
@@ -918,17 +715,21 @@ async fn get_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
-    let reg = core.registry();
-    let ep = reg
-        .endpoints
-        .get(&id)
-        .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ApiResult::ok(record_with_template(ep)),
-    ))
+    let record = endpoint_json(&core, id).ok_or_else(|| endpoint_not_found(id))?;
+    Ok(json_response(StatusCode::OK, &ApiResult::ok(record)))
+}
+
+/// Settings from wire parameters: the one chain wire fields → validated
+/// settings → policy ([`EndpointSettings::merged`] checks the policy's
+/// rules too).
+fn validated_settings(
+    base: &EndpointSettings,
+    params: &EndpointParams,
+) -> Result<EndpointSettings, WebError> {
+    base.merged(params)
+        .map_err(|err| WebError::InvalidArgs(err.to_string()))
 }
 
 async fn create_endpoint(
@@ -936,41 +737,33 @@ async fn create_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     require_account(&core, &headers, &query)?;
     let obj = parse_args(&body)?;
-    let params = endpoint_params(&obj).map_err(invalid_args)?;
+    let params = endpoint_params(&obj).map_err(WebError::InvalidArgs)?;
     let Some(name) = params.endpoint_name.clone() else {
-        return Err(invalid_args("endpoint_name: missing"));
+        return Err(WebError::InvalidArgs("endpoint_name: missing".into()));
     };
-    validate_name(&name).map_err(|err| param_error(&err))?;
-    let settings = EndpointSettings::default()
-        .merged(&params)
-        .map_err(|err| param_error(&err))?;
-    checked_policy(&core, &settings)?;
+    validate_name(&name).map_err(|err| WebError::InvalidArgs(err.to_string()))?;
+    let settings = validated_settings(&EndpointSettings::default(), &params)?;
     let mut template = WorkerTemplate::default();
-    apply_template(&obj, &mut template).map_err(invalid_args)?;
-    let t = now();
+    apply_template(&obj, &mut template).map_err(WebError::InvalidArgs)?;
+    let t = core.clock.now();
     let api_key = random_key(40);
-    let stored = match core
-        .db
-        .create_endpoint(&name, &api_key, &settings, &template, t)
-    {
-        Ok(s) => s,
-        Err(DbError::Duplicate(_)) => {
-            return Err(api_error(
-                StatusCode::BAD_REQUEST,
-                "duplicate",
-                format!("endpoint_name: an endpoint named {name:?} already exists"),
-            ))
-        }
-        Err(err) => return Err(internal(err)),
-    };
+    let stored = core
+        .store
+        .call(move |db| db.create_endpoint(&name, &api_key, &settings, &template, t))
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|err| match err {
+            DbError::Duplicate(name) => WebError::Duplicate(format!(
+                "endpoint_name: an endpoint named {name:?} already exists"
+            )),
+            other => store_failure(&core, other),
+        })?;
     let id = stored.id;
-    tracing::info!(endpoint = %name, id, "endpoint created");
-    let live = core.live_endpoint(stored, t);
-    core.registry().insert(live);
-    core.kick_endpoint(id);
+    tracing::info!(endpoint = %stored.name, id, "endpoint created");
+    core.apply(Event::EndpointCreated(stored));
     Ok(json_response(StatusCode::OK, &ApiResult::ok(id)))
 }
 
@@ -980,45 +773,51 @@ async fn update_endpoint(
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let obj = parse_args(&body)?;
-    let params = endpoint_params(&obj).map_err(invalid_args)?;
-    let mut reg = core.registry();
-    let ep = reg
-        .endpoints
-        .get_mut(&id)
-        .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
+    let params = endpoint_params(&obj).map_err(WebError::InvalidArgs)?;
+    let stored = core
+        .registry()
+        .stored(id)
+        .cloned()
+        .ok_or_else(|| endpoint_not_found(id))?;
     if let Some(name) = &params.endpoint_name {
-        if *name != ep.stored.name {
-            return Err(invalid_args(format!(
+        if *name != stored.name {
+            return Err(WebError::InvalidArgs(format!(
                 "endpoint_name: cannot rename {:?} to {name:?}; create a new endpoint instead",
-                ep.stored.name
+                stored.name
             )));
         }
     }
-    let settings = ep
-        .stored
-        .settings
-        .merged(&params)
-        .map_err(|err| param_error(&err))?;
-    let policy = checked_policy(&core, &settings)?;
-    let mut template = ep.stored.template.clone();
-    apply_template(&obj, &mut template).map_err(invalid_args)?;
-    core.db.update_settings(id, &settings).map_err(internal)?;
-    if template != ep.stored.template {
-        core.db.update_template(id, &template).map_err(internal)?;
+    let settings = validated_settings(&stored.settings, &params)?;
+    let mut template = stored.template.clone();
+    apply_template(&obj, &mut template).map_err(WebError::InvalidArgs)?;
+    let (s, t, template_changed) = (
+        settings.clone(),
+        template.clone(),
+        template != stored.template,
+    );
+    core.store
+        .call(move |db| {
+            db.update_settings(id, &s)?;
+            if template_changed {
+                db.update_template(id, &t)?;
+            }
+            Ok::<(), DbError>(())
+        })
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|e| store_failure(&core, e))?;
+    match core.apply(Event::EndpointUpdated {
+        id,
+        settings,
+        template,
+    }) {
+        Reply::Endpoint(Some(_)) => {}
+        _ => return Err(endpoint_not_found(id)),
     }
-    ep.stored.settings = settings;
-    ep.stored.template = template;
-    ep.policy = policy;
-    let ids: Vec<i64> = ep.workers.keys().copied().collect();
-    for wid in ids {
-        ep.sync_candidate(wid);
-    }
-    tracing::info!(endpoint = %ep.stored.name, id, "endpoint updated");
-    drop(reg);
-    core.kick_endpoint(id);
+    tracing::info!(endpoint = %stored.name, id, "endpoint updated");
     Ok(json_response(StatusCode::OK, &ApiOk::OK))
 }
 
@@ -1027,29 +826,23 @@ async fn delete_endpoint(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
-    let removed = core.registry().remove_endpoint(id);
-    let ep = removed.ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
-    core.db.delete_endpoint(id).map_err(internal)?;
-    let count = ep.workers.len();
-    for (wid, mut w) in ep.workers {
-        let spawned = w.spawned.take();
-        let core2 = core.clone();
-        core.tasks.spawn(async move {
-            if let Some(s) = spawned {
-                core2.supervisor.stop(wid, &s).await;
-            }
-            let _ = core2.db.update_worker(
-                wid,
-                "DESTROYING",
-                None,
-                Some("endpoint deleted"),
-                Some(now()),
-            );
-        });
-    }
-    tracing::info!(endpoint = %ep.stored.name, id, workers = count, "endpoint deleted");
+    let name = core
+        .registry()
+        .stored(id)
+        .map(|s| s.name.clone())
+        .ok_or_else(|| endpoint_not_found(id))?;
+    let count = match core.apply(Event::EndpointDeleted(id)) {
+        Reply::Endpoint(Some(count)) => count,
+        _ => return Err(endpoint_not_found(id)),
+    };
+    core.store
+        .call(move |db| db.delete_endpoint(id))
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|e| store_failure(&core, e))?;
+    tracing::info!(endpoint = %name, id, workers = count, "endpoint deleted");
     Ok(json_response(
         StatusCode::OK,
         &json!({ "success": true, "deleted_workers": count, "failed_workers": 0, "msg": format!("deleted endpoint {id}") }),
@@ -1061,36 +854,18 @@ async fn list_workers(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
-    let live: Vec<Value> = {
-        let reg = core.registry();
-        let ep = reg
-            .endpoints
-            .get(&id)
-            .ok_or_else(|| not_found_error(format!("endpoint {id}")))?;
-        ep.workers
-            .values()
-            .map(|w| {
-                let mut v = serde_json::to_value(w.wire_view(ep.requests.pending_cost(w.id)))
-                    .unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut v {
-                    let (pid, consumer_pid) = w.pids();
-                    map.insert("error".into(), json!(w.error));
-                    map.insert("external".into(), json!(w.external));
-                    map.insert("control_port".into(), json!(w.control_port()));
-                    map.insert("consumer_port".into(), json!(w.consumer_port()));
-                    map.insert("pid".into(), json!(pid));
-                    map.insert("consumer_pid".into(), json!(consumer_pid));
-                }
-                v
-            })
-            .collect()
-    };
-    let history = core.db.worker_history(id, 50).map_err(internal)?;
+    let rows = all_worker_rows(&core, id).ok_or_else(|| endpoint_not_found(id))?;
+    let history = core
+        .store
+        .call(move |db| db.worker_history(id, 50))
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|e| store_failure(&core, e))?;
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "success": true, "results": live, "history": history }),
+        &json!({ "success": true, "results": rows, "history": history }),
     ))
 }
 
@@ -1099,34 +874,32 @@ async fn worker_logs(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path((id, worker_id)): Path<(String, String)>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let worker_id = parse_id(&worker_id, "worker")?;
-    match core.db.worker_endpoint(worker_id).map_err(internal)? {
-        Some(ep) if ep == id => {}
-        _ => {
-            return Err(not_found_error(format!(
-                "worker {worker_id} of endpoint {id}"
-            )))
-        }
+    let owner = core
+        .store
+        .call(move |db| db.worker_endpoint(worker_id))
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|e| store_failure(&core, e))?;
+    if owner != Some(id) {
+        return Err(WebError::NotFound(format!(
+            "worker {worker_id} of endpoint {id}"
+        )));
     }
     let consumer =
         query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    let tail: u64 = match query_value(&query, "tail") {
-        None => 1 << 20,
-        Some(v) => v
-            .parse()
-            .map_err(|_| invalid_args(format!("tail: expected a number of bytes, got {v:?}")))?,
-    };
+    let tail = log_tail(query_value(&query, "tail").as_deref())?;
     let kind = if consumer {
         crate::supervisor::ProcKind::Consumer
     } else {
         crate::supervisor::ProcKind::Worker
     };
-    let path = core.supervisor.log_path(worker_id, kind);
+    let path = core.launcher.log_path(worker_id, kind);
     let text = tokio::task::spawn_blocking(move || read_tail(&path, tail))
         .await
-        .map_err(internal)?;
+        .map_err(WebError::internal)?;
     match text {
         Ok(bytes) => Ok((
             StatusCode::OK,
@@ -1134,12 +907,28 @@ async fn worker_logs(
             bytes,
         )
             .into_response()),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(api_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no {} for worker {worker_id}", kind.log_name()),
-        )),
-        Err(err) => Err(internal(err)),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(WebError::NotFound(format!(
+            "{} for worker {worker_id}",
+            kind.log_name()
+        ))),
+        Err(err) => Err(WebError::internal(err)),
+    }
+}
+
+/// Bytes of a log answered when `?tail=` is not given.
+pub const DEFAULT_LOG_TAIL: u64 = 1 << 20;
+/// Most bytes of a log one call answers (`?tail=` above it is reduced to
+/// it): the answer is read into memory.
+pub const MAX_LOG_TAIL: u64 = 8 << 20;
+
+/// The `?tail=` of a log request: a number of bytes, at most
+/// [`MAX_LOG_TAIL`].
+fn log_tail(raw: Option<&str>) -> Result<u64, WebError> {
+    match raw {
+        None => Ok(DEFAULT_LOG_TAIL),
+        Some(v) => v.parse::<u64>().map(|n| n.min(MAX_LOG_TAIL)).map_err(|_| {
+            WebError::InvalidArgs(format!("tail: expected a number of bytes, got {v:?}"))
+        }),
     }
 }
 
@@ -1159,14 +948,14 @@ fn read_tail(path: &std::path::Path, tail: u64) -> std::io::Result<Vec<u8>> {
 // Web API: workergroups (one per endpoint: how its workers are launched)
 // ---------------------------------------------------------------------------
 
-fn workergroup_json(ep: &Endpoint) -> Value {
+fn workergroup_json(stored: &StoredEndpoint) -> Value {
     json!({
-        "id": ep.stored.workergroup_id,
-        "endpoint_id": ep.stored.id,
-        "worker_command": ep.stored.template.worker_command,
-        "consumer_command": ep.stored.template.consumer_command,
-        "consumer_health_path": ep.stored.template.consumer_health_path,
-        "env": ep.stored.template.env,
+        "id": stored.workergroup_id,
+        "endpoint_id": stored.id,
+        "worker_command": stored.template.worker_command,
+        "consumer_command": stored.template.consumer_command,
+        "consumer_health_path": stored.template.consumer_health_path,
+        "env": stored.template.env,
     })
 }
 
@@ -1174,43 +963,53 @@ async fn list_workergroups(
     State(core): Ctx,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     require_account(&core, &headers, &query)?;
-    let reg = core.registry();
-    let list: Vec<Value> = reg.endpoints.values().map(workergroup_json).collect();
+    let list: Vec<Value> = core.registry().stored_all().map(workergroup_json).collect();
     Ok(json_response(StatusCode::OK, &ApiList::ok(list)))
 }
 
-fn set_template(core: &Core, endpoint_id: i64, obj: &Map<String, Value>, reset: bool) -> ApiReply {
-    let mut reg = core.registry();
-    let ep = reg
-        .endpoints
-        .get_mut(&endpoint_id)
-        .ok_or_else(|| not_found_error(format!("endpoint {endpoint_id}")))?;
+async fn set_template(
+    core: &Arc<Core>,
+    endpoint_id: i64,
+    obj: &Map<String, Value>,
+    reset: bool,
+) -> Result<Response, WebError> {
+    let stored = core
+        .registry()
+        .stored(endpoint_id)
+        .cloned()
+        .ok_or_else(|| endpoint_not_found(endpoint_id))?;
     let mut template = if reset {
         WorkerTemplate::default()
     } else {
-        ep.stored.template.clone()
+        stored.template.clone()
     };
-    apply_template(obj, &mut template).map_err(invalid_args)?;
-    core.db
-        .update_template(endpoint_id, &template)
-        .map_err(internal)?;
-    ep.stored.template = template;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "success": true, "id": ep.stored.workergroup_id }),
-    ))
+    apply_template(obj, &mut template).map_err(WebError::InvalidArgs)?;
+    let t = template.clone();
+    core.store
+        .call(move |db| db.update_template(endpoint_id, &t))
+        .await
+        .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
+        .map_err(|e| store_failure(core, e))?;
+    match core.apply(Event::EndpointUpdated {
+        id: endpoint_id,
+        settings: stored.settings,
+        template,
+    }) {
+        Reply::Endpoint(Some(_)) => Ok(json_response(
+            StatusCode::OK,
+            &json!({ "success": true, "id": stored.workergroup_id }),
+        )),
+        _ => Err(endpoint_not_found(endpoint_id)),
+    }
 }
 
 /// The endpoint that owns workergroup `wg`, or a 404 naming it.
-fn endpoint_of_workergroup(core: &Core, wg: i64) -> Result<i64, Response> {
+fn endpoint_of_workergroup(core: &Core, wg: i64) -> Result<i64, WebError> {
     core.registry()
-        .endpoints
-        .values()
-        .find(|ep| ep.stored.workergroup_id == wg)
-        .map(|ep| ep.stored.id)
-        .ok_or_else(|| not_found_error(format!("workergroup {wg}")))
+        .endpoint_of_workergroup(wg)
+        .ok_or_else(|| WebError::NotFound(format!("workergroup {wg}")))
 }
 
 async fn create_workergroup(
@@ -1218,13 +1017,15 @@ async fn create_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Bytes,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     require_account(&core, &headers, &query)?;
     let obj = parse_args(&body)?;
     let Some(endpoint_id) = obj.get("endpoint_id").and_then(Value::as_i64) else {
-        return Err(invalid_args("endpoint_id: missing; expected an integer"));
+        return Err(WebError::InvalidArgs(
+            "endpoint_id: missing; expected an integer".into(),
+        ));
     };
-    set_template(&core, endpoint_id, &obj, true)
+    set_template(&core, endpoint_id, &obj, true).await
 }
 
 async fn get_workergroup(
@@ -1232,18 +1033,15 @@ async fn get_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
-    let reg = core.registry();
-    let ep = reg
-        .endpoints
-        .values()
-        .find(|ep| ep.stored.workergroup_id == id)
-        .ok_or_else(|| not_found_error(format!("workergroup {id}")))?;
-    Ok(json_response(
-        StatusCode::OK,
-        &ApiResult::ok(workergroup_json(ep)),
-    ))
+    let ep = endpoint_of_workergroup(&core, id)?;
+    let json = core
+        .registry()
+        .stored(ep)
+        .map(workergroup_json)
+        .ok_or_else(|| WebError::NotFound(format!("workergroup {id}")))?;
+    Ok(json_response(StatusCode::OK, &ApiResult::ok(json)))
 }
 
 async fn update_workergroup(
@@ -1252,11 +1050,11 @@ async fn update_workergroup(
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
     body: Bytes,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
     let obj = parse_args(&body)?;
     let ep = endpoint_of_workergroup(&core, id)?;
-    set_template(&core, ep, &obj, false)
+    set_template(&core, ep, &obj, false).await
 }
 
 async fn delete_workergroup(
@@ -1264,11 +1062,11 @@ async fn delete_workergroup(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     Path(id): Path<String>,
-) -> ApiReply {
+) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "workergroup")?;
     let ep = endpoint_of_workergroup(&core, id)?;
     // An endpoint always has a workergroup: deleting it restores the default.
-    set_template(&core, ep, &Map::new(), true)
+    set_template(&core, ep, &Map::new(), true).await
 }
 
 // ---------------------------------------------------------------------------
@@ -1276,10 +1074,15 @@ async fn delete_workergroup(
 // ---------------------------------------------------------------------------
 
 async fn metrics(State(core): Ctx) -> Response {
-    let text = {
+    // O(1) per endpoint under the lock: the load gauge is the scaler's.
+    let gauges: Vec<EndpointGauges> = {
         let reg = core.registry();
-        core.metrics.render(&reg)
+        reg.endpoint_ids()
+            .into_iter()
+            .filter_map(|id| reg.gauges(id))
+            .collect()
     };
+    let text = core.metrics.render(&gauges);
     (
         StatusCode::OK,
         [(
@@ -1296,4 +1099,205 @@ async fn not_found(uri: Uri) -> Response {
         StatusCode::NOT_FOUND,
         &json!({ "error": format!("not found: {}", uri.path()) }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{call, call_raw, engine, non_finite, wait_for, FakeLauncher};
+    use std::time::Duration;
+
+    /// A seed endpoint `e` on the engine; returns its id and api_key.
+    async fn seed_endpoint(core: &Arc<Core>, extra: Value) -> (i64, String) {
+        let mut body = json!({"endpoint_name": "e", "cold_workers": 0, "target_util": 1.0,
+               "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0});
+        if let (Value::Object(b), Value::Object(e)) = (&mut body, extra) {
+            b.extend(e);
+        }
+        let (status, body) = call(core, "POST", "/api/v0/endptjobs/", body).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["result"].as_i64().unwrap();
+        let key = core.registry().stored(id).unwrap().api_key.clone();
+        (id, key)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_report_with_null_or_huge_loads_is_taken_and_the_worker_stays_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (id, key) = seed_endpoint(&core, json!({})).await;
+        let route = json!({"endpoint": "e", "api_key": key, "cost": 100});
+        let (_, waiting) = call(&core, "POST", "/route/", route.clone()).await;
+        let (wid, mtoken) = wait_for(|| fake.launches().first().cloned()).await;
+        let url = FakeLauncher::url(wid);
+        let idle = json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
+                          "max_perf": 100.0, "url": url});
+        let (status, _) = call(&core, "POST", "/worker_status/", idle).await;
+        assert_eq!(status, StatusCode::OK);
+        let mut poll = route.clone();
+        poll["request_idx"] = waiting["request_idx"].clone();
+        let (_, ready) = call(&core, "POST", "/route/", poll).await;
+        assert_eq!(ready["url"], json!(url), "{ready}");
+        // The worker holds the session; its totals overflowed: serde wrote
+        // null, a Python worker writes Infinity, a literal may overflow.
+        let bad = format!(
+            r#"{{"id": {wid}, "mtoken": "{mtoken}", "version": "1.1.0", "loadtime": 0.1,
+                "max_perf": 100.0, "url": "{url}", "cur_load": null, "rej_load": 1e400,
+                "new_load": Infinity, "cur_perf": NaN, "working_request_idxs": [{}]}}"#,
+            ready["request_idx"]
+        );
+        // Past stale_after (30 s) with only such reports, every 10 s.
+        for _ in 0..5 {
+            let (status, body) = call_raw(&core, "POST", "/worker_status/", bad.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            tokio::time::advance(Duration::from_secs(10)).await;
+        }
+        let workers = handle.workers("e").unwrap();
+        assert_eq!(workers.len(), 1, "{workers:?}");
+        assert_eq!(workers[0].state, crate::policy::WorkerState::Idle);
+        // Nothing non-finite reaches the wire.
+        let (status, list) = call(&core, "POST", "/get_endpoint_workers/", json!({"id": id})).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let mut bad_paths = Vec::new();
+        non_finite(&list, "", &mut bad_paths);
+        assert!(bad_paths.is_empty(), "{bad_paths:?} in {list}");
+        let (_, text) = call_raw(&core, "GET", "/metrics", String::new()).await;
+        for token in ["inf", "NaN", "nan"] {
+            assert!(!text.contains(token), "{token} in {text}");
+        }
+        let (_, show) = call(
+            &core,
+            "GET",
+            &format!("/api/v0/endptjobs/{id}/"),
+            Value::Null,
+        )
+        .await;
+        let mut bad_paths = Vec::new();
+        non_finite(
+            &show["result"]["spawn_backoff"]["delay"],
+            "delay",
+            &mut bad_paths,
+        );
+        assert!(bad_paths.is_empty(), "{show}");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_disk_answers_503_backs_off_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (id, key) = seed_endpoint(&core, json!({})).await;
+        // The state database cannot grow any more: creating endpoints
+        // fails at some point, with 503 naming the cause and the file.
+        core.store
+            .call(|db| db.fill_disk_for_test())
+            .await
+            .unwrap()
+            .unwrap();
+        let db_path = core.config.db_path().display().to_string();
+        let mut refused = None;
+        for i in 0..200 {
+            let body = json!({"endpoint_name": format!("more-{i}")});
+            let (status, body) = call(&core, "POST", "/api/v0/endptjobs/", body).await;
+            if status != StatusCode::OK {
+                refused = Some((status, body));
+                break;
+            }
+        }
+        let (status, body) = refused.expect("the capped database never filled up");
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(
+            body["msg"],
+            json!(format!("no space left on device writing {db_path}")),
+            "{body}"
+        );
+        // Launches fail the same way (the worker's log cannot be created):
+        // they back off, and the cause is in the WAITING answer and in
+        // `endpoint show`.
+        fake.fail_with(Some(libc::ENOSPC));
+        let route = json!({"endpoint": "e", "api_key": key, "cost": 100});
+        let (_, mut waiting) = call(&core, "POST", "/route/", route.clone()).await;
+        wait_for(|| (fake.failures() >= 1).then_some(())).await;
+        let cause = "no space left on device writing /state/workers/";
+        for _ in 0..20 {
+            let mut poll = route.clone();
+            poll["request_idx"] = waiting["request_idx"].clone();
+            waiting = call(&core, "POST", "/route/", poll).await.1;
+            tokio::time::advance(Duration::from_millis(500)).await;
+        }
+        let status = waiting["status"].as_str().unwrap_or_default();
+        assert!(status.contains("launches failing"), "{waiting}");
+        assert!(status.contains(cause), "{waiting}");
+        assert!(
+            waiting["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(cause),
+            "{waiting}"
+        );
+        // About 11 s of retries: launches at 0, 1, 3, 7 s, not every second.
+        let failed = fake.failures();
+        assert!((3..=5).contains(&failed), "{failed} launches in 11 s");
+        let (_, show) = call(
+            &core,
+            "GET",
+            &format!("/api/v0/endptjobs/{id}/"),
+            Value::Null,
+        )
+        .await;
+        let backoff = &show["result"]["spawn_backoff"];
+        assert_eq!(backoff["failures"], json!(failed), "{backoff}");
+        assert!(
+            backoff["last_error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(cause),
+            "{backoff}"
+        );
+        assert!(backoff["last_error_at"].is_number(), "{backoff}");
+        handle.shutdown().await;
+    }
+
+    #[test]
+    fn log_tails_are_bounded() {
+        assert_eq!(log_tail(None).unwrap(), DEFAULT_LOG_TAIL);
+        assert_eq!(log_tail(Some("100")).unwrap(), 100);
+        assert_eq!(
+            log_tail(Some("18446744073709551615")).unwrap(),
+            MAX_LOG_TAIL
+        );
+        let err = log_tail(Some("-1")).unwrap_err().to_string();
+        assert!(err.contains("tail: expected a number of bytes"), "{err}");
+        // What is read is the end of the file, at most `tail` bytes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.log");
+        std::fs::write(&path, b"0123456789").unwrap();
+        assert_eq!(read_tail(&path, 4).unwrap(), b"6789");
+        assert_eq!(read_tail(&path, MAX_LOG_TAIL).unwrap(), b"0123456789");
+    }
+
+    #[test]
+    fn route_cost_is_bounded_and_finite() {
+        for (cost, ok) in [
+            (json!(0), true),
+            (json!(100.5), true),
+            (json!(1e12), true),
+            (json!(1e308), false),
+            (json!(1.0e13), false),
+            (json!(-1), false),
+            (json!("5"), false),
+        ] {
+            let body = json!({"endpoint": "e", "cost": cost});
+            let got = route_body(body.as_object().unwrap()).map(|b| b.cost);
+            assert_eq!(got.is_ok(), ok, "{cost}: {got:?}");
+            if let Err(msg) = got {
+                assert!(
+                    msg.starts_with("cost: expected a number from 0 to 1e12"),
+                    "{msg}"
+                );
+            }
+        }
+    }
 }

@@ -47,8 +47,15 @@ pub struct EngineArgs {
     /// worker may become ready; 0 answers at once.
     #[arg(long, default_value_t = 2.0)]
     pub route_hold: f64,
-    /// Refuse reports from workers the engine did not launch.
-    #[arg(long)]
+    /// Take reports from workers the engine did not launch: a worker
+    /// reporting with an endpoint's api_key as MASTER_TOKEN registers as an
+    /// external worker of that endpoint, and clients are routed to the URL
+    /// it reports. Off by default.
+    #[arg(long, env = "NULLWORKER_ALLOW_EXTERNAL_WORKERS")]
+    pub allow_external_workers: bool,
+    /// Refuse reports from workers the engine did not launch: the default
+    /// (kept for compatibility).
+    #[arg(long, hide = true, conflicts_with = "allow_external_workers")]
     pub strict: bool,
 }
 
@@ -78,7 +85,7 @@ impl EngineArgs {
         config.route_hold = Duration::from_secs_f64(self.route_hold);
         config.stale_after = self.stale_after;
         config.scale_down_delay = self.scale_down_delay;
-        config.strict = self.strict;
+        config.strict = !self.allow_external_workers;
         config.validate()?;
         Ok(config)
     }
@@ -181,7 +188,8 @@ enum EndpointCommand {
         /// The consumer's log instead of the worker's.
         #[arg(long)]
         consumer: bool,
-        /// At most this many bytes from the end of each log.
+        /// At most this many bytes from the end of each log (the engine
+        /// answers at most 8 MiB).
         #[arg(long, default_value_t = 65536)]
         tail: u64,
     },
@@ -487,7 +495,7 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
                     None,
                 )
                 .await?;
-            let now = crate::engine::now();
+            let now = crate::clock::unix_now();
             let live = v
                 .get("results")
                 .and_then(Value::as_array)
@@ -589,4 +597,32 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        engine: EngineArgs,
+    }
+
+    fn config(args: &[&str]) -> EngineConfig {
+        let dir = ["x", "--state-dir", "/tmp/nullworker-cli-test"];
+        let argv = dir.iter().chain(args);
+        Cli::try_parse_from(argv).unwrap().engine.config().unwrap()
+    }
+
+    #[test]
+    fn strict_is_the_default_and_external_workers_are_opt_in() {
+        assert!(config(&[]).strict);
+        assert!(config(&["--strict"]).strict);
+        assert!(!config(&["--allow-external-workers"]).strict);
+        let both = Cli::try_parse_from(["x", "--strict", "--allow-external-workers"]);
+        assert!(both.is_err());
+    }
 }

@@ -67,7 +67,9 @@ pub struct EngineConfig {
     pub stop_grace: Duration,
     /// Autoscaler period.
     pub tick: Duration,
-    /// Reject reports from unknown worker ids instead of registering them.
+    /// Reject reports from unknown worker ids instead of registering them
+    /// as external workers (the default; `false` is
+    /// `--allow-external-workers`).
     pub strict: bool,
     /// Seconds without a report after which a worker counts as broken.
     pub stale_after: f64,
@@ -89,7 +91,7 @@ impl EngineConfig {
             worker_command: Command::this_binary_serve()?,
             stop_grace: DEFAULT_STOP_GRACE,
             tick: DEFAULT_TICK,
-            strict: false,
+            strict: true,
             stale_after: 30.0,
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,

@@ -66,6 +66,18 @@ pub enum DbError {
     Duplicate(String),
 }
 
+impl DbError {
+    /// The disk (or the database's size limit) is full: SQLite reports
+    /// `SQLITE_FULL` when a write fails with `ENOSPC`.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DiskFull
+        )
+    }
+}
+
 /// One stored endpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEndpoint {
@@ -197,6 +209,16 @@ impl Db {
             conn: Mutex::new(conn),
             path: path.to_owned(),
         })
+    }
+
+    /// Caps the database at its current size, so that the next write
+    /// needing a new page fails as on a full disk (`SQLITE_FULL`).
+    #[cfg(test)]
+    pub fn fill_disk_for_test(&self) -> Result<(), DbError> {
+        let conn = self.conn();
+        let pages: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        Ok(())
     }
 
     /// The database file.
@@ -361,6 +383,56 @@ impl Db {
             params![id, state, url, reason, ended_at],
         )?;
         Ok(())
+    }
+
+    /// Commits a batch of store writes in one transaction.
+    pub fn apply_batch(&self, ops: &[crate::store::StoreOp]) -> Result<(), DbError> {
+        use crate::store::StoreOp;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for op in ops {
+            match op {
+                StoreOp::InsertWorker {
+                    id,
+                    endpoint_id,
+                    created_at,
+                } => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO workers (id, endpoint_id, created_at, last_state) VALUES (?1, ?2, ?3, 'CREATING')",
+                        params![id, endpoint_id, created_at],
+                    )?;
+                }
+                StoreOp::UpdateWorker {
+                    id,
+                    state,
+                    url,
+                    reason,
+                    ended_at,
+                } => {
+                    tx.execute(
+                        "UPDATE workers SET last_state = ?2, url = COALESCE(?3, url), reason = COALESCE(?4, reason),
+                                ended_at = COALESCE(?5, ended_at) WHERE id = ?1",
+                        params![id, state, url, reason, ended_at],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The highest worker id ever recorded (0 if none): new ids go above it.
+    pub fn max_worker_id(&self) -> Result<i64, DbError> {
+        let conn = self.conn();
+        let max: Option<i64> = conn.query_row("SELECT max(id) FROM workers", [], |r| r.get(0))?;
+        let seq: Option<i64> = conn
+            .query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'workers'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(max.unwrap_or(0).max(seq.unwrap_or(0)))
     }
 
     /// Marks every worker not ended yet as ended (used at start: none of the

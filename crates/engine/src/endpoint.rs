@@ -7,10 +7,12 @@
 use std::collections::BTreeMap;
 
 use nullworker_protocol::messages::{EndpointParams, EndpointRecord, EndpointState};
+
+use crate::policy::EndpointPolicy;
 use serde::{Deserialize, Serialize};
 
-/// Largest accepted `max_workers` (a local machine runs processes, not GPUs).
-pub const MAX_MAX_WORKERS: i64 = 10_000;
+/// Largest accepted `max_workers` (the policy's limit, the one limit).
+pub const MAX_MAX_WORKERS: i64 = crate::policy::MAX_WORKERS_LIMIT as i64;
 
 /// A rejected parameter: which field, and what was expected.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -59,20 +61,43 @@ pub struct EndpointSettings {
 }
 
 impl Default for EndpointSettings {
-    /// The [ours] defaults of §11.1.
+    /// The [ours] defaults of §11.1, as [`EndpointPolicy::default`] holds them.
     fn default() -> Self {
+        Self::from_policy(&EndpointPolicy::default())
+    }
+}
+
+impl EndpointSettings {
+    /// The settings whose policy is `p` (engine knobs aside).
+    pub fn from_policy(p: &EndpointPolicy) -> Self {
         Self {
-            max_workers: 20,
-            cold_workers: 5,
-            min_load: 0.0,
-            min_cold_load: 0.0,
-            target_util: 0.9,
-            cold_mult: 2.5,
-            max_queue_time: 30.0,
-            target_queue_time: 10.0,
-            inactivity_timeout: None,
-            endpoint_state: EndpointState::Active,
+            max_workers: p.max_workers,
+            cold_workers: p.cold_workers,
+            min_load: p.min_load,
+            min_cold_load: p.min_cold_load,
+            target_util: p.target_util,
+            cold_mult: p.cold_mult,
+            max_queue_time: p.max_queue_time,
+            target_queue_time: p.target_queue_time,
+            inactivity_timeout: p.inactivity_timeout,
+            endpoint_state: p.state,
             autoscaler_instance: "local".to_owned(),
+        }
+    }
+
+    /// These settings as wire parameters (every field set).
+    pub fn params(&self) -> EndpointParams {
+        EndpointParams {
+            max_workers: Some(i64::from(self.max_workers)),
+            cold_workers: Some(i64::from(self.cold_workers)),
+            min_load: Some(self.min_load),
+            min_cold_load: Some(self.min_cold_load),
+            target_util: Some(self.target_util),
+            cold_mult: Some(self.cold_mult),
+            max_queue_time: Some(self.max_queue_time),
+            target_queue_time: Some(self.target_queue_time),
+            inactivity_timeout: self.inactivity_timeout,
+            ..EndpointParams::default()
         }
     }
 }
@@ -80,17 +105,8 @@ impl Default for EndpointSettings {
 /// Named parameter presets for `nullworker endpoint create --preset`.
 pub fn preset(name: &str) -> Option<EndpointParams> {
     match name {
-        // The configuration tested in the Null PyWorker README (§13.3), with
-        // `cold_workers = 0` so that the endpoint really reaches zero workers.
-        "seed" => Some(EndpointParams {
-            target_util: Some(1.0),
-            min_load: Some(0.0),
-            max_queue_time: Some(1.0),
-            target_queue_time: Some(0.5),
-            inactivity_timeout: Some(10.0),
-            cold_workers: Some(0),
-            ..EndpointParams::default()
-        }),
+        // Defined once, by the policy.
+        "seed" => Some(EndpointSettings::from_policy(&EndpointPolicy::seed()).params()),
         _ => None,
     }
 }
@@ -172,7 +188,33 @@ impl EndpointSettings {
             non_negative("overrecruit_ratio", v)?;
         }
         s.validate()?;
+        // The policy's rules (ranges of durations and loads) are the last
+        // link of the chain: one set of limits for every entry point.
+        s.policy(
+            EndpointPolicy::default().stale_after,
+            EndpointPolicy::default().scale_down_delay,
+        )
+        .validate()
+        .map_err(|e| ParamError::new(e.field(), e.to_string()))?;
         Ok(s)
+    }
+
+    /// The autoscaling policy of these settings under the engine's knobs.
+    pub fn policy(&self, stale_after: f64, scale_down_delay: f64) -> EndpointPolicy {
+        EndpointPolicy {
+            max_workers: self.max_workers,
+            cold_workers: self.cold_workers,
+            min_load: self.min_load,
+            min_cold_load: self.min_cold_load,
+            target_util: self.target_util,
+            cold_mult: self.cold_mult,
+            max_queue_time: self.max_queue_time,
+            target_queue_time: self.target_queue_time,
+            inactivity_timeout: self.inactivity_timeout,
+            state: self.endpoint_state,
+            scale_down_delay,
+            stale_after,
+        }
     }
 
     /// Cross-field checks.

@@ -1,159 +1,26 @@
-//! The running engine: the shared context ([`Core`]) every handler and loop
-//! uses, [`Engine::start`] which opens the state directory, restores the
-//! endpoints, binds the listener and starts the HTTP server, the scaler loop
-//! and the process-exit watcher, and the [`EngineHandle`] that stops it all
-//! (every worker included).
+//! The composition root: [`Engine::start`] opens the state directory,
+//! starts the store thread, restores the endpoints into the registry, builds
+//! the shared context, binds the listener and starts the HTTP server, the
+//! scaler loop and the process-exit watcher; the [`EngineHandle`] stops it
+//! all (every worker included). Every other module depends downward: the
+//! HTTP surface and the scaler on the context, the context on the registry
+//! and its effect drivers.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::config::EngineConfig;
-use crate::db::{Db, StoredEndpoint};
+use crate::context::{Core, CoreParts};
 use crate::error::EngineError;
-use crate::metrics::Metrics;
-use crate::policy::worker_state::ProcessPhase;
-use crate::registry::{policy_of, Endpoint, Registry};
-use crate::signer::{SignatureCache, UrlSigner};
+use crate::registry::{Event, Registry, RegistryConfig};
+use crate::signer::UrlSigner;
 use crate::state::StateDir;
-use crate::supervisor::{reap_stale, ExitEvent, ProcKind, Supervisor};
-
-/// Seconds since the Unix epoch.
-pub fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
-/// A request for an early scaler pass over one endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Kick {
-    /// The endpoint.
-    pub endpoint_id: i64,
-    /// After a WAITING decision (else after an event).
-    pub waiting: bool,
-}
-
-/// Shared context of the engine.
-#[derive(Debug)]
-pub struct Core {
-    /// Configuration.
-    pub config: EngineConfig,
-    /// Database.
-    pub db: Db,
-    /// Signs worker URLs.
-    pub signer: UrlSigner,
-    /// `GET /pubkey/` body.
-    pub pubkey_pem: String,
-    /// Account key.
-    pub account_key: String,
-    /// Live state.
-    registry: Mutex<Registry>,
-    /// Counters.
-    pub metrics: Metrics,
-    /// Process supervisor.
-    pub supervisor: Supervisor,
-    /// Endpoints whose scaler pass is wanted early (after a WAITING answer,
-    /// an exit, a state change, an update).
-    kicked: Mutex<HashSet<Kick>>,
-    /// Wakes the scaler when `kicked` gains a kick.
-    pub kick: Notify,
-    /// Wakes held `/route/` calls when a worker may have become routable.
-    pub worker_ready: Notify,
-    /// Engine-wide `reqnum` counter.
-    pub reqnum: AtomicU64,
-    /// Signatures by URL (the signature covers only the URL).
-    signatures: SignatureCache,
-    /// Cancelled when the engine shuts down.
-    pub shutdown: CancellationToken,
-    /// Background work that must finish before the engine is gone.
-    pub tasks: TaskTracker,
-}
-
-impl Core {
-    /// Locks the registry.
-    pub fn registry(&self) -> MutexGuard<'_, Registry> {
-        self.registry.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Asks for an early scaler pass over one endpoint after an event (a
-    /// worker state change, a process exit, an update). The scaler runs at
-    /// most one such pass per endpoint every
-    /// [`KICK_INTERVAL`](crate::scaler::KICK_INTERVAL), however many kicks
-    /// arrive.
-    pub fn kick_endpoint(&self, endpoint_id: i64) {
-        self.kick(Kick {
-            endpoint_id,
-            waiting: false,
-        });
-    }
-
-    /// Asks for an early scaler pass after a WAITING decision, coalesced like
-    /// [`kick_endpoint`](Self::kick_endpoint) but separately from it, so a
-    /// request arriving just after an event still gets its worker created
-    /// at once, and a flood of WAITING answers costs at most one pass per
-    /// endpoint every `KICK_INTERVAL`.
-    pub fn kick_waiting(&self, endpoint_id: i64) {
-        self.kick(Kick {
-            endpoint_id,
-            waiting: true,
-        });
-    }
-
-    fn kick(&self, kick: Kick) {
-        let added = self
-            .kicked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(kick);
-        if added {
-            self.kick.notify_one();
-        }
-    }
-
-    /// Takes the kicks received since the last call.
-    pub fn take_kicked(&self) -> HashSet<Kick> {
-        std::mem::take(&mut *self.kicked.lock().unwrap_or_else(|p| p.into_inner()))
-    }
-
-    /// The signature of `url`, computed once per URL on a blocking thread
-    /// (an RSA signature takes milliseconds: never under a lock, never on
-    /// the async runtime's threads). `None` only if the engine is shutting
-    /// down.
-    pub async fn signature(self: &Arc<Self>, url: &str) -> Option<Arc<str>> {
-        if let Some(sig) = self.signatures.get(url) {
-            return Some(sig);
-        }
-        let core = self.clone();
-        let owned = url.to_owned();
-        let sig: Arc<str> = tokio::task::spawn_blocking(move || core.signer.sign_url(&owned))
-            .await
-            .ok()?
-            .into();
-        self.signatures.insert(url, sig.clone());
-        Some(sig)
-    }
-
-    /// A fresh live endpoint for a stored one.
-    pub fn live_endpoint(&self, stored: StoredEndpoint, now: f64) -> Endpoint {
-        let policy = policy_of(
-            &stored.settings,
-            self.config.stale_after,
-            self.config.scale_down_delay,
-        );
-        // Request indexes start above anything a previous run handed out.
-        let first_idx = (now * 1000.0) as u64;
-        Endpoint::new(stored, policy, first_idx, now)
-    }
-}
+use crate::store::Store;
+use crate::supervisor::{reap_stale, ExitEvent, Launcher, Supervisor};
 
 /// One live worker as [`EngineHandle::workers`] lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -176,22 +43,6 @@ pub struct WorkerInfo {
     pub external: bool,
 }
 
-impl WorkerInfo {
-    fn of(w: &crate::registry::Worker) -> Self {
-        let (pid, consumer_pid) = w.pids();
-        Self {
-            id: w.id,
-            state: w.state,
-            url: w.url.as_deref().map(str::to_owned),
-            control_port: w.control_port(),
-            consumer_port: w.consumer_port(),
-            pid,
-            consumer_pid,
-            external: w.external,
-        }
-    }
-}
-
 /// Starts engines.
 #[derive(Debug)]
 pub struct Engine;
@@ -203,6 +54,10 @@ pub struct EngineHandle {
     local_addr: SocketAddr,
     account_key_generated: bool,
 }
+
+/// Builds the launcher of an engine, given where exits must be sent.
+pub type LauncherFactory =
+    Box<dyn FnOnce(&EngineConfig, String, mpsc::UnboundedSender<ExitEvent>) -> Arc<dyn Launcher>>;
 
 impl Engine {
     /// Opens the state, binds `config.listen` and starts serving.
@@ -219,12 +74,32 @@ impl Engine {
 
     /// Like [`Engine::start`] on an already bound listener.
     pub async fn start_on(
+        config: EngineConfig,
+        listener: tokio::net::TcpListener,
+    ) -> Result<EngineHandle, EngineError> {
+        let factory: LauncherFactory = Box::new(|config, report_url, exits| {
+            Arc::new(Supervisor::new(
+                config.state_dir.clone(),
+                config.worker_command.clone(),
+                report_url,
+                config.stop_grace,
+                exits,
+            ))
+        });
+        Self::start_with(config, listener, factory).await
+    }
+
+    /// Like [`Engine::start_on`] with workers launched by the launcher
+    /// `factory` builds (tests launch nothing, or fakes).
+    pub async fn start_with(
         mut config: EngineConfig,
         listener: tokio::net::TcpListener,
+        factory: LauncherFactory,
     ) -> Result<EngineHandle, EngineError> {
         config.validate()?;
         let local_addr = listener.local_addr()?;
         config.listen = local_addr;
+        let clock = Clock::new();
         let cfg = config.clone();
         let StateDir {
             db,
@@ -239,8 +114,16 @@ impl Engine {
         if killed > 0 {
             tracing::warn!(killed, "stopped worker processes left by a previous engine");
         }
-        let t = now();
-        let _ = db.end_all_workers(t, "engine restarted");
+        let db_fail = |e: crate::db::DbError| EngineError::Database {
+            path: config.db_path(),
+            reason: e.to_string(),
+        };
+        let _ = db.end_all_workers(clock.now(), "engine restarted");
+        let endpoints = db.endpoints().map_err(db_fail)?;
+        let last_worker_id = db.max_worker_id().map_err(db_fail)?;
+        // The store thread ends once the last handle is dropped, after
+        // committing what was queued.
+        let (store, _store_thread) = Store::start(db);
         let report_host = if local_addr.ip().is_unspecified() {
             match local_addr {
                 SocketAddr::V4(_) => format!("127.0.0.1:{}", local_addr.port()),
@@ -249,46 +132,36 @@ impl Engine {
         } else {
             local_addr.to_string()
         };
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(
-            config.state_dir.clone(),
-            config.worker_command.clone(),
-            format!("http://{report_host}"),
-            config.stop_grace,
-            events_tx,
-        );
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let launcher = factory(&config, format!("http://{report_host}"), exits_tx);
         let pubkey_pem = signing_key.verifying_key().to_spki_pem();
-        let endpoints = db.endpoints().map_err(|e| EngineError::Database {
-            path: config.db_path(),
-            reason: e.to_string(),
-        })?;
         let signer = tokio::task::spawn_blocking(move || UrlSigner::new(signing_key))
             .await
             .map_err(|e| EngineError::Config(format!("signing key task failed: {e}")))?;
-        let core = Arc::new(Core {
-            db,
+        let mut registry = Registry::new(
+            RegistryConfig {
+                stale_after: config.stale_after,
+                scale_down_delay: config.scale_down_delay,
+                strict: config.strict,
+            },
+            last_worker_id,
+        );
+        let t = clock.now();
+        let mut kicks = Vec::new();
+        for stored in endpoints {
+            kicks.extend(registry.apply(Event::EndpointCreated(stored), t).effects);
+        }
+        let core = Core::new(CoreParts {
+            config,
+            clock,
+            store,
             signer,
             pubkey_pem,
             account_key,
-            registry: Mutex::new(Registry::default()),
-            metrics: Metrics::default(),
-            supervisor,
-            kicked: Mutex::new(HashSet::new()),
-            kick: Notify::new(),
-            worker_ready: Notify::new(),
-            reqnum: AtomicU64::new(1),
-            signatures: SignatureCache::default(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            config,
+            registry,
+            launcher,
         });
-        {
-            let mut reg = core.registry();
-            for stored in endpoints {
-                let live = core.live_endpoint(stored, t);
-                reg.insert(live);
-            }
-        }
+        core.run(kicks);
         // The state lock lives as long as the HTTP server task.
         let router = crate::api::router(core.clone());
         let shutdown = core.shutdown.clone();
@@ -300,7 +173,7 @@ impl Engine {
                 tracing::error!(%err, "HTTP server failed");
             }
         });
-        core.tasks.spawn(watch_exits(core.clone(), events_rx));
+        core.tasks.spawn(watch_exits(core.clone(), exits_rx));
         core.tasks.spawn(crate::scaler::run(core.clone()));
         tracing::info!(addr = %local_addr, state_dir = %core.config.state_dir.display(), "engine listening");
         Ok(EngineHandle {
@@ -332,12 +205,30 @@ impl EngineHandle {
         self.account_key_generated
     }
 
+    /// The shared context (for in-process tests and benchmarks).
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
     /// The live workers of the endpoint named `endpoint` (`None` if there is
     /// no such endpoint), with their control ports and process ids.
     pub fn workers(&self, endpoint: &str) -> Option<Vec<WorkerInfo>> {
-        let mut reg = self.core.registry();
-        let ep = reg.by_name_mut(endpoint)?;
-        Some(ep.workers.values().map(WorkerInfo::of).collect())
+        let id = self.core.registry().endpoint_id(endpoint)?;
+        let rows = crate::api::all_worker_rows(&self.core, id)?;
+        Some(
+            rows.into_iter()
+                .map(|r| WorkerInfo {
+                    id: r.wire.worker.id,
+                    state: r.state,
+                    url: Some(r.wire.worker.url).filter(|u| !u.is_empty()),
+                    control_port: r.wire.control_port,
+                    consumer_port: r.consumer_port,
+                    pid: r.pid,
+                    consumer_pid: r.consumer_pid,
+                    external: r.external,
+                })
+                .collect(),
+        )
     }
 
     /// Resolves when the engine is asked to stop.
@@ -345,102 +236,171 @@ impl EngineHandle {
         self.core.shutdown.cancelled().await;
     }
 
-    /// Stops serving, stops every worker it started, and waits for all of it.
+    /// Stops serving, stops every worker it started, and waits for all of it
+    /// (the last store writes included).
     pub async fn shutdown(self) {
         self.core.shutdown.cancel();
-        stop_all_workers(&self.core).await;
+        self.core.stop_spawner();
+        let stopping = self.core.apply(Event::StopAll);
+        if let crate::registry::Reply::Endpoint(Some(count)) = stopping {
+            if count > 0 {
+                tracing::info!(count, "stopping every worker");
+            }
+        }
         self.core.tasks.close();
         self.core.tasks.wait().await;
+        self.core.store.flush().await;
         tracing::info!("engine stopped");
     }
 }
 
-async fn stop_all_workers(core: &Arc<Core>) {
-    let spawned: Vec<_> = {
-        let mut reg = core.registry();
-        let mut list = Vec::new();
-        for ep in reg.endpoints.values_mut() {
-            let ids: Vec<i64> = ep.workers.keys().copied().collect();
-            for id in ids {
-                ep.unroute(id);
-                if let Some(w) = ep.workers.get_mut(&id) {
-                    w.process = ProcessPhase::Destroying;
-                    if let Some(s) = w.spawned.take() {
-                        list.push((id, s));
-                    }
-                }
-            }
-        }
-        list
-    };
-    let t = now();
-    let stops = spawned.iter().map(|(id, s)| core.supervisor.stop(*id, s));
-    futures_util::future::join_all(stops).await;
-    for (id, _) in &spawned {
-        let _ = core
-            .db
-            .update_worker(*id, "DESTROYING", None, Some("engine stopped"), Some(t));
-    }
-    if !spawned.is_empty() {
-        tracing::info!(count = spawned.len(), "stopped every worker");
-    }
-}
-
-/// Applies process exits: a worker whose process exits unexpectedly is
-/// unrouted at once and becomes ERROR (the scaler replaces it).
+/// Applies process exits as they come.
 async fn watch_exits(core: Arc<Core>, mut events: mpsc::UnboundedReceiver<ExitEvent>) {
     loop {
         let event = tokio::select! {
             ev = events.recv() => match ev { Some(ev) => ev, None => return },
             () = core.shutdown.cancelled() => return,
         };
-        let t = now();
-        let mut reg = core.registry();
-        let Some((ep, id)) = reg.worker_mut(event.worker_id) else {
-            continue;
-        };
-        let Some(w) = ep.workers.get_mut(&id) else {
-            continue;
-        };
-        if w.spawned.as_ref().map(|s| s.generation) != Some(event.generation) {
-            continue;
-        }
-        match event.kind {
-            ProcKind::Consumer => {
-                tracing::warn!(worker = id, status = %event.status, "consumer process exited");
-            }
-            ProcKind::Worker => match w.process {
-                ProcessPhase::Running => {
-                    let ep_id = ep.stored.id;
-                    let name = ep.stored.name.clone();
-                    let dropped = worker_exited(ep, id);
-                    tracing::warn!(endpoint = %name, worker = id, status = %event.status, dropped_requests = dropped, "worker process exited unexpectedly");
-                    core.metrics.worker_exit("unexpected");
-                    if let Some(tr) = ep.refresh(id, t) {
-                        drop(reg);
-                        crate::scaler::record_transition(&core, &name, &tr);
-                    } else {
-                        drop(reg);
-                    }
-                    core.kick_endpoint(ep_id);
-                }
-                // Seen as exited when its spawn completed.
-                ProcessPhase::Exited { expected: false } => {}
-                _ => core.metrics.worker_exit("expected"),
-            },
-        }
+        core.apply(Event::ProcessExited(event));
     }
 }
 
-/// Marks a running worker's process as exited unexpectedly: it leaves the
-/// routing table and its assignments are forgotten (their clients replay).
-/// Returns how many assignments were dropped. The caller refreshes it.
-pub fn worker_exited(ep: &mut Endpoint, id: i64) -> usize {
-    if let Some(w) = ep.workers.get_mut(&id) {
-        w.process = ProcessPhase::Exited { expected: false };
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use serde_json::{json, Value};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::endpoint::WorkerTemplate;
+    use crate::supervisor::{ProcHandle, ProcKind, SpawnError, Spawned};
+
+    /// Launches nothing: records each launch (id, mtoken) for the test.
+    #[derive(Debug, Default)]
+    struct FakeLauncher {
+        launched: Mutex<Vec<(i64, String)>>,
     }
-    ep.unroute(id);
-    let dropped = ep.requests.forget_worker(id);
-    ep.apply_request_changes();
-    dropped
+
+    impl Launcher for FakeLauncher {
+        fn spawn(
+            &self,
+            worker_id: i64,
+            mtoken: &str,
+            _template: &WorkerTemplate,
+        ) -> Result<Spawned, SpawnError> {
+            self.launched
+                .lock()
+                .unwrap()
+                .push((worker_id, mtoken.to_owned()));
+            let (worker, exited) = ProcHandle::unwatched(0);
+            std::mem::forget(exited);
+            Ok(Spawned {
+                generation: worker_id as u64,
+                url: format!("http://127.0.0.1:{}", 40_000 + worker_id),
+                worker_port: 0,
+                control_port: 0,
+                consumer_port: None,
+                worker,
+                consumer: None,
+            })
+        }
+
+        fn stop<'a>(
+            &'a self,
+            _worker_id: i64,
+            _spawned: &'a Spawned,
+        ) -> futures_util::future::BoxFuture<'a, ()> {
+            Box::pin(async {})
+        }
+
+        fn log_path(&self, worker_id: i64, kind: ProcKind) -> std::path::PathBuf {
+            std::path::PathBuf::from(format!("/nonexistent/{worker_id}/{}", kind.log_name()))
+        }
+    }
+
+    async fn call(core: &Arc<Core>, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {}", core.account_key))
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let resp = crate::api::router(core.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn engine(dir: &std::path::Path) -> (EngineHandle, Arc<FakeLauncher>) {
+        let mut config = EngineConfig::new(dir.join("state")).unwrap();
+        config.route_hold = Duration::from_secs(1);
+        let fake = Arc::new(FakeLauncher::default());
+        let f = fake.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = Engine::start_with(config, listener, Box::new(move |_, _, _| f))
+            .await
+            .unwrap();
+        (handle, fake)
+    }
+
+    async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+        for _ in 0..1000 {
+            if let Some(v) = probe() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("condition not reached in 10 s of engine time");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn route_scales_from_zero_and_a_silent_worker_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path()).await;
+        let core = handle.core().clone();
+        let (status, body) = call(
+            &core,
+            "POST",
+            "/api/v0/endptjobs/",
+            json!({"endpoint_name": "e", "cold_workers": 0, "target_util": 1.0,
+                   "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["result"].as_i64().unwrap();
+        let api_key = core.registry().stored(id).unwrap().api_key.clone();
+        let route = json!({"endpoint": "e", "api_key": api_key, "cost": 100});
+        let (status, waiting) = call(&core, "POST", "/route/", route.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(waiting["status"].as_str().is_some(), "{waiting}");
+        let (wid, mtoken) = wait_for(|| fake.launched.lock().unwrap().first().cloned()).await;
+        let url = format!("http://127.0.0.1:{}", 40_000 + wid);
+        let report = json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
+                            "max_perf": 100.0, "url": url});
+        let (status, body) = call(&core, "POST", "/worker_status/", report).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut replay = route.clone();
+        replay["request_idx"] = waiting["request_idx"].clone();
+        let (status, ready) = call(&core, "POST", "/route/", replay).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(ready["url"], json!(url), "{ready}");
+        // No report for stale_after: the worker is ERROR, destroyed and
+        // replaced while a request waits.
+        tokio::time::advance(Duration::from_secs(40)).await;
+        let (_, waiting) = call(&core, "POST", "/route/", route).await;
+        assert!(waiting["status"].as_str().is_some(), "{waiting}");
+        wait_for(|| (fake.launched.lock().unwrap().len() >= 2).then_some(())).await;
+        let workers = handle.workers("e").unwrap();
+        assert!(workers.iter().all(|w| w.id != wid), "{workers:?}");
+        handle.shutdown().await;
+    }
 }

@@ -2,30 +2,43 @@
 //! route service, web API and autoscaler that runs workers as local
 //! processes.
 //!
-//! * [`config`] — the validated [`EngineConfig`].
-//! * [`endpoint`] — endpoint settings, the `seed` preset, worker templates.
-//! * [`state`] / [`db`] — the state directory: SQLite database, signing key,
-//!   account key.
-//! * [`supervisor`] — worker and consumer processes.
-//! * [`registry`] — live endpoints and workers, the route index.
-//! * [`scaler`] — the autoscaler loop carrying out `policy` decisions.
-//! * [`signer`] — worker URL signatures.
-//! * [`api`] — the HTTP surface; [`metrics`] — `GET /metrics`.
+//! Layers, each depending only on those below it:
+//!
+//! * [`engine`] — the composition root: starts and stops everything.
+//! * [`api`] (the HTTP surface, errors in [`http_error`]) and [`scaler`]
+//!   (the autoscaler loop) — both feed events to the context.
+//! * [`context`] — the shared [`context::Core`]: the registry behind one
+//!   mutex, and the drivers of its effects (spawner thread, [`store`]
+//!   thread, [`signer`], wake-ups); [`metrics`] — counters and `/metrics`.
+//! * [`registry`] — the live state as a state machine: events in, effects
+//!   out, `now` passed in ([`clock`] gives it); [`report`] — worker reports
+//!   parsed leniently, their numbers bounded.
+//! * [`policy`] — pure decisions; [`endpoint`] — endpoint settings, the
+//!   `seed` preset, worker templates; [`supervisor`] — processes;
+//!   [`state`] / [`db`] — the state directory; [`config`] — the validated
+//!   [`EngineConfig`].
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod context;
 pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod http_error;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
+pub mod report;
 pub mod scaler;
 pub mod signer;
 pub mod state;
+pub mod store;
 pub mod supervisor;
+#[cfg(test)]
+mod testing;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineHandle, WorkerInfo};

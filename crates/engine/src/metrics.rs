@@ -1,6 +1,8 @@
 //! Engine counters and the Prometheus text rendering of `GET /metrics`.
-//! Counters are updated where things happen (`api`, `scaler`); gauges
-//! (workers by state, load, queue) are read from the registry at scrape time.
+//! Counters are updated where things happen (`api`, registry effects);
+//! gauges (workers by state, load, queue) come from the registry's
+//! per-endpoint [`EndpointGauges`], O(1) each, so a scrape never holds the
+//! registry lock for O(workers).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::policy::WorkerState;
-use crate::registry::{Endpoint, Registry};
+use crate::registry::EndpointGauges;
 
 /// Upper bounds (seconds) of the wait-to-ready histogram buckets.
 pub const WAIT_BUCKETS: [f64; 12] = [
@@ -81,17 +83,16 @@ impl Metrics {
     }
 
     /// Renders every metric in the Prometheus text format (version 0.0.4).
-    pub fn render(&self, registry: &Registry) -> String {
+    pub fn render(&self, registry: &[EndpointGauges]) -> String {
         let mut out = String::with_capacity(4096);
         out.push_str("# HELP nullworker_workers Workers by endpoint and state.\n# TYPE nullworker_workers gauge\n");
-        for ep in registry.endpoints.values() {
-            let counts = ep.state_counts();
+        for ep in registry {
             for state in WorkerState::ALL {
-                let n = counts[state.index()];
+                let n = ep.counts[state.index()];
                 let _ = writeln!(
                     out,
                     "nullworker_workers{{endpoint=\"{}\",state=\"{}\"}} {n}",
-                    ep.stored.name,
+                    ep.name,
                     state.as_str()
                 );
             }
@@ -100,15 +101,9 @@ impl Metrics {
             &mut out,
             registry,
             "nullworker_endpoint_load",
-            "Sum of the effective load of active workers (perf units).",
+            "Sum of the effective load of active workers (perf units), as of the last scaler pass.",
             "gauge",
-            |ep| -> f64 {
-                ep.workers
-                    .values()
-                    .filter(|w| w.state.is_active())
-                    .map(|w| w.reported_load() + ep.requests.pending_cost(w.id))
-                    .fold(0.0, |sum, load| sum + load)
-            },
+            |ep| ep.load,
         );
         per_endpoint(
             &mut out,
@@ -116,7 +111,7 @@ impl Metrics {
             "nullworker_queued_requests",
             "Requests answered WAITING and still polling.",
             "gauge",
-            |ep| ep.requests.waiting_len(),
+            |ep| ep.queued,
         );
         per_endpoint(
             &mut out,
@@ -124,7 +119,7 @@ impl Metrics {
             "nullworker_queued_cost",
             "Sum of the cost of waiting requests.",
             "gauge",
-            |ep| ep.requests.waiting_cost(),
+            |ep| ep.queued_cost,
         );
         per_endpoint(
             &mut out,
@@ -148,7 +143,7 @@ impl Metrics {
             "nullworker_spawn_backoff_failures",
             "Consecutive failed launches (0: no backoff).",
             "gauge",
-            |ep| ep.backoff.failures(),
+            |ep| ep.backoff_failures,
         );
         per_endpoint(
             &mut out,
@@ -156,7 +151,7 @@ impl Metrics {
             "nullworker_spawn_backoff_seconds",
             "Current delay between a failed launch and the next one.",
             "gauge",
-            |ep| ep.backoff.delay(),
+            |ep| ep.backoff_delay,
         );
         out.push_str("# HELP nullworker_route_answers_total /route/ answers by kind.\n# TYPE nullworker_route_answers_total counter\n");
         for (i, kind) in ["ready", "waiting", "bad_request", "unauthorized"]
@@ -220,20 +215,15 @@ impl Metrics {
 /// `endpoint`), `value` giving each endpoint's sample.
 fn per_endpoint<V: std::fmt::Display>(
     out: &mut String,
-    registry: &Registry,
+    registry: &[EndpointGauges],
     name: &str,
     help: &str,
     kind: &str,
-    value: impl Fn(&Endpoint) -> V,
+    value: impl Fn(&EndpointGauges) -> V,
 ) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
-    for ep in registry.endpoints.values() {
-        let _ = writeln!(
-            out,
-            "{name}{{endpoint=\"{}\"}} {}",
-            ep.stored.name,
-            value(ep)
-        );
+    for ep in registry {
+        let _ = writeln!(out, "{name}{{endpoint=\"{}\"}} {}", ep.name, value(ep));
     }
 }
 
@@ -248,7 +238,7 @@ mod tests {
         m.wait_to_ready(4.0);
         m.route(RouteAnswer::Waiting);
         m.scale_action("create", "scale_from_zero");
-        let text = m.render(&Registry::default());
+        let text = m.render(&[]);
         assert!(
             text.contains("nullworker_wait_to_ready_seconds_bucket{le=\"0.5\"} 1\n"),
             "{text}"

@@ -75,6 +75,14 @@ impl ProcHandle {
         *self.exited.borrow()
     }
 
+    /// A handle for a process this module does not watch (launchers other
+    /// than [`Supervisor`], e.g. in-process tests): the process counts as
+    /// exited once `true` is sent on the returned sender.
+    pub fn unwatched(pid: i32) -> (Self, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        (Self { pid, exited: rx }, tx)
+    }
+
     async fn wait(&mut self) {
         let _ = self.exited.wait_for(|exited| *exited).await;
     }
@@ -103,14 +111,69 @@ pub struct Spawned {
 /// Why a spawn failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
-    /// I/O while preparing or spawning.
-    #[error("cannot start {what}: {source}")]
+    /// I/O while preparing or spawning; a full disk is named as such
+    /// (`no space left on device writing <path>`).
+    #[error("{}", describe_io(what, source))]
     Io {
         /// What was being done.
         what: String,
         /// The OS error.
         source: std::io::Error,
     },
+}
+
+fn describe_io(what: &str, source: &std::io::Error) -> String {
+    if source.raw_os_error() == Some(libc::ENOSPC) {
+        format!("no space left on device writing {what}")
+    } else {
+        format!("cannot start {what}: {source}")
+    }
+}
+
+/// What the engine needs to run workers: [`Supervisor`] for real
+/// processes; tests may launch nothing.
+pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
+    /// Starts the processes of a worker. Called on the engine's spawner
+    /// thread, never under a lock.
+    fn spawn(
+        &self,
+        worker_id: i64,
+        mtoken: &str,
+        template: &WorkerTemplate,
+    ) -> Result<Spawned, SpawnError>;
+
+    /// Stops the processes of a worker; resolves once they are gone.
+    fn stop<'a>(
+        &'a self,
+        worker_id: i64,
+        spawned: &'a Spawned,
+    ) -> futures_util::future::BoxFuture<'a, ()>;
+
+    /// Path of a worker's log file.
+    fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf;
+}
+
+impl Launcher for Supervisor {
+    fn spawn(
+        &self,
+        worker_id: i64,
+        mtoken: &str,
+        template: &WorkerTemplate,
+    ) -> Result<Spawned, SpawnError> {
+        Supervisor::spawn(self, worker_id, mtoken, template)
+    }
+
+    fn stop<'a>(
+        &'a self,
+        worker_id: i64,
+        spawned: &'a Spawned,
+    ) -> futures_util::future::BoxFuture<'a, ()> {
+        Box::pin(Supervisor::stop(self, worker_id, spawned))
+    }
+
+    fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf {
+        Supervisor::log_path(self, worker_id, kind)
+    }
 }
 
 /// Spawns and stops worker processes.
@@ -239,8 +302,9 @@ impl Supervisor {
 
     /// Spawns the worker `worker_id` (and its consumer) with `template`.
     ///
-    /// Must be called from an async task (not a blocking thread): the
-    /// processes are told to exit if the spawning thread's process dies.
+    /// Must be called with a tokio runtime entered, from a thread that
+    /// lives as long as the engine (the engine's spawner thread): the
+    /// processes are told to exit when the thread that spawned them dies.
     pub fn spawn(
         &self,
         worker_id: i64,
@@ -252,7 +316,7 @@ impl Supervisor {
             move |source| SpawnError::Io { what, source }
         };
         let dir = worker_dir(&self.inner.state_dir, worker_id);
-        fs::create_dir_all(&dir).map_err(io("worker directory"))?;
+        fs::create_dir_all(&dir).map_err(io(&dir.display().to_string()))?;
         let worker_port = free_port().map_err(io("port allocation"))?;
         let mut http_port = free_port().map_err(io("port allocation"))?;
         while http_port == worker_port {
@@ -284,6 +348,8 @@ impl Supervisor {
                 worker_port.to_string(),
             ),
             ("PUBLIC_IPADDR".into(), "127.0.0.1".into()),
+            // Bind what the URL says: loopback only.
+            ("NULLWORKER_LISTEN_ADDR".into(), "127.0.0.1".into()),
             ("USE_SSL".into(), "false".into()),
             ("UNSECURED".into(), "false".into()),
             ("NULL_CONTROL_PORT".into(), control_port.to_string()),
@@ -342,7 +408,8 @@ impl Supervisor {
                 process_start_time(c.pid).unwrap_or(0)
             ));
         }
-        fs::write(pidfile(&self.inner.state_dir, worker_id), pids).map_err(io("pidfile"))?;
+        let pid_path = pidfile(&self.inner.state_dir, worker_id);
+        fs::write(&pid_path, pids).map_err(io(&pid_path.display().to_string()))?;
         Ok(Spawned {
             generation,
             url,
@@ -365,7 +432,8 @@ impl Supervisor {
     ) -> Result<ProcHandle, SpawnError> {
         let log_path = dir.join(kind.log_name());
         let what = format!(
-            "{} of worker {worker_id} ({})",
+            "{} ({} of worker {worker_id}: {})",
+            log_path.display(),
             kind.log_name(),
             command.display()
         );
@@ -531,6 +599,7 @@ mod tests {
         let log = fs::read_to_string(sup.log_path(7, ProcKind::Worker)).unwrap();
         assert!(log.contains("CONTAINER_ID=7"), "{log}");
         assert!(log.contains("MASTER_TOKEN=tok"), "{log}");
+        assert!(log.contains("NULLWORKER_LISTEN_ADDR=127.0.0.1\n"), "{log}");
         assert!(log.contains("EXTRA_VAR=42"), "{log}");
         assert!(
             log.contains(&format!("VAST_TCP_PORT_{0}={0}", spawned.worker_port)),

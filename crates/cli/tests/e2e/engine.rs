@@ -59,6 +59,38 @@ fn metric(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Local addresses listening on TCP `port`, from `/proc/net/tcp` and
+/// `/proc/net/tcp6` (IPv6 ones as `v6:<hex>`).
+fn listeners_on(port: u16) -> Vec<String> {
+    let mut found = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // Column 3 is the state; 0A is LISTEN.
+            if cols.len() < 4 || cols[3] != "0A" {
+                continue;
+            }
+            let Some((addr, p)) = cols[1].split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            found.push(if v6 {
+                format!("v6:{addr}")
+            } else {
+                // Written in host (little-endian) byte order.
+                let n = u32::from_str_radix(addr, 16).unwrap_or(0);
+                std::net::Ipv4Addr::from(n.swap_bytes()).to_string()
+            });
+        }
+    }
+    found
+}
+
 #[test]
 fn engine_scales_from_zero_holds_a_session_and_returns_to_zero() {
     let engine = EngineGuard::start();
@@ -97,6 +129,10 @@ fn engine_scales_from_zero_holds_a_session_and_returns_to_zero() {
     let workers = live_workers(&engine, &ep);
     assert_eq!(workers.len(), 1, "{workers:?}");
     assert_eq!(workers[0]["url"], ready["url"]);
+    // The worker binds what its URL says: loopback only.
+    let url = ready["url"].as_str().unwrap();
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(listeners_on(port), vec!["127.0.0.1".to_owned()], "{url}");
     // Each worker's control port is listed, and it is the worker's.
     let control_port = workers[0]["control_port"].as_u64().expect("control_port");
     let detail = engine.workers_detail(&ep);
@@ -396,6 +432,32 @@ fn backoff(engine: &EngineGuard, ep: &TestEndpoint) -> Value {
     let (status, v) = engine.api(Method::GET, &format!("/api/v0/endptjobs/{}/", ep.id), None);
     assert_eq!(status, 200, "{v}");
     v["result"]["spawn_backoff"].clone()
+}
+
+#[test]
+fn engine_relaunches_a_worker_whose_port_is_taken_without_backoff() {
+    let engine = EngineGuard::start();
+    // The worker's public port is held here, so the real worker cannot
+    // bind it: it reports why and exits, as when another process takes a
+    // port between the engine choosing it and the worker binding it.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let mut env = serde_json::Map::new();
+    env.insert("WORKER_PORT".into(), json!(port));
+    env.insert(format!("VAST_TCP_PORT_{port}"), json!(port));
+    let ep = engine.create_seed_endpoint(
+        "taken",
+        json!({"inactivity_timeout": -1, "worker_env": env}),
+    );
+    // Relaunched at once three times, then it counts as one failed launch.
+    let b = wait_for("a failed launch", LONG, || {
+        let b = backoff(&engine, &ep);
+        (b["failures"].as_u64() == Some(1)).then_some(b)
+    });
+    assert_eq!(b["spawns"], json!(4), "{b}");
+    let error = b["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("Address already in use"), "{b}");
+    drop(held);
 }
 
 #[test]

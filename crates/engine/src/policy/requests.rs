@@ -4,9 +4,15 @@
 //! It remembers which requests wait, since when, and which worker each
 //! assigned request went to until that worker's reports show it, so that
 //! [`RequestTable::pending_cost`] can add assignments the worker has not
-//! reported yet to its load. Every entry expires (after the request's
-//! `replay_timeout` without a poll, a report or an answer), so memory is
-//! bounded by the request rate times the timeout. One table per endpoint.
+//! reported yet to its load. One table per endpoint.
+//!
+//! Demand is what clients are still asking for: a waiting request not
+//! polled again within [`WAITING_POLL_WINDOW`] stops counting as waiting,
+//! and an assignment that no report of its worker confirms within
+//! [`ASSIGNMENT_CONFIRM_WINDOW`] is released. Either entry stays known,
+//! for answering a late poll or replay, until its `replay_timeout` runs
+//! out; then it is forgotten, so memory is bounded by the request rate
+//! times the timeout.
 //!
 //! Owns no I/O and reads no clock: every time is passed in.
 
@@ -20,6 +26,23 @@ pub const MIN_REPLAY_TIMEOUT: f64 = 1.0;
 /// Largest `replay_timeout` honoured, in seconds: a client cannot pin an
 /// entry in memory for longer than this without polling.
 pub const MAX_REPLAY_TIMEOUT: f64 = 600.0;
+
+/// A waiting request not polled again for this long (seconds) stops
+/// counting as demand: 3 × the SDK's longest poll interval (5 s, PROTOCOL
+/// §7.1), so a client that is still polling never lapses even if a poll
+/// is lost, while one that was interrupted stops keeping workers up (or
+/// blocking scale-down) within 15 s instead of its `replay_timeout`
+/// (60 s, up to 600 s). The engine's own `/route/` hold (at most 8 s)
+/// counts as polling: it re-polls when it answers.
+pub const WAITING_POLL_WINDOW: f64 = 15.0;
+
+/// An assignment (READY answer) that no report of its worker lists, and no
+/// `/delete_requests/` record finishes, within this long (seconds) is
+/// released: its worker stops counting it (pending cost, held session). A
+/// worker reports within about a second of a request or session starting
+/// (PROTOCOL §10.1), and the SDK gives a worker 10 s to answer
+/// `/session/create`, so a READY still unconfirmed after 10 s was not used.
+pub const ASSIGNMENT_CONFIRM_WINDOW: f64 = 10.0;
 
 /// Clamps a client-supplied `replay_timeout` to
 /// [`MIN_REPLAY_TIMEOUT`, `MAX_REPLAY_TIMEOUT`]; NaN, infinite or negative
@@ -58,25 +81,24 @@ struct Entry {
 }
 
 impl Entry {
-    /// When the entry expires unless it is heard of again.
+    /// When the entry changes unless it is heard of again: a waiting
+    /// request lapses, an unconfirmed assignment is released, anything
+    /// else is forgotten.
     fn deadline(&self) -> f64 {
-        let last = match self.phase {
-            Phase::Unassigned { since } => since,
-            Phase::Waiting { last_poll } => last_poll,
+        match self.phase {
+            Phase::Unassigned { since } => since + self.replay_timeout,
+            Phase::Waiting { last_poll } => {
+                last_poll + WAITING_POLL_WINDOW.min(self.replay_timeout)
+            }
             Phase::Assigned {
-                at,
-                seen,
+                at, seen: false, ..
+            } => at + ASSIGNMENT_CONFIRM_WINDOW.min(self.replay_timeout),
+            Phase::Assigned {
+                seen: true,
                 last_seen,
                 ..
-            } => {
-                if seen {
-                    last_seen
-                } else {
-                    at
-                }
-            }
-        };
-        last + self.replay_timeout
+            } => last_seen + self.replay_timeout,
+        }
     }
 }
 
@@ -230,6 +252,9 @@ impl RequestTable {
             last_seen: now,
         };
         let first_wait = entry.first_wait;
+        let release_at = entry.deadline();
+        // Its release may come before the check already scheduled.
+        self.schedule(idx, release_at);
         let assignments = self.workers.entry(worker_id).or_default();
         assignments.pending_cost += cost;
         assignments.unseen += 1;
@@ -264,9 +289,20 @@ impl RequestTable {
     /// of a request sets its wait start ([`waiting`](Self::waiting)); later
     /// polls only keep it alive. An index not in the table is added.
     pub fn mark_waiting(&mut self, idx: u64, cost: f64, now: f64) {
+        let was_waiting = matches!(
+            self.entries.get(&idx).map(|e| e.phase),
+            Some(Phase::Waiting { .. })
+        );
         let entry = self.reset_entry(idx, cost, now);
         entry.first_wait.get_or_insert(now);
         entry.phase = Phase::Waiting { last_poll: now };
+        let lapse_at = entry.deadline();
+        if !was_waiting {
+            // A poll of a waiting request only moves its lapse later; a
+            // request starting (or resuming) to wait may lapse before the
+            // check already scheduled.
+            self.schedule(idx, lapse_at);
+        }
         self.waiting.insert(idx);
         if idx >= self.next_idx {
             self.next_idx = idx + 1;
@@ -358,10 +394,15 @@ impl RequestTable {
         assignments.idxs.len()
     }
 
-    /// Drops entries not heard of within their `replay_timeout`: waiting
-    /// requests not polled again, assignments never seen in a report (or no
-    /// longer reported), and requests left unassigned. Returns how many were
-    /// dropped. Costs O(log n) per entry expired or re-checked, not a scan.
+    /// Ends what is no longer asked for: a waiting request not polled
+    /// within [`WAITING_POLL_WINDOW`] stops waiting (it no longer counts as
+    /// demand), an assignment not confirmed within
+    /// [`ASSIGNMENT_CONFIRM_WINDOW`] is released from its worker; either
+    /// stays known for replays. Entries not heard of within their
+    /// `replay_timeout` (requests left unassigned, lapsed or released
+    /// ones, assignments no longer reported) are dropped. Returns how many
+    /// entries were dropped. Costs O(log n) per entry changed or
+    /// re-checked, not a scan.
     pub fn expire(&mut self, now: f64) -> usize {
         let mut dropped = 0;
         while let Some(Reverse(check)) = self.deadlines.peek().copied() {
@@ -369,16 +410,37 @@ impl RequestTable {
                 break;
             }
             self.deadlines.pop();
-            let Some(deadline) = self.entries.get(&check.idx).map(Entry::deadline) else {
+            let Some(entry) = self.entries.get(&check.idx) else {
                 continue;
             };
-            if deadline < now {
-                self.detach(check.idx);
-                self.entries.remove(&check.idx);
-                dropped += 1;
-            } else {
+            let deadline = entry.deadline();
+            if deadline >= now {
                 // Heard of since: check again at its new deadline.
                 self.schedule(check.idx, deadline);
+                continue;
+            }
+            // The client's last sign: from then on it only counts for
+            // answering its replay, until its replay_timeout.
+            let last = match entry.phase {
+                Phase::Waiting { last_poll } => Some(last_poll),
+                Phase::Assigned {
+                    at, seen: false, ..
+                } => Some(at),
+                _ => None,
+            };
+            let replay_timeout = entry.replay_timeout;
+            self.detach(check.idx);
+            match last {
+                Some(since) if since + replay_timeout >= now => {
+                    if let Some(entry) = self.entries.get_mut(&check.idx) {
+                        entry.phase = Phase::Unassigned { since };
+                    }
+                    self.schedule(check.idx, since + replay_timeout);
+                }
+                _ => {
+                    self.entries.remove(&check.idx);
+                    dropped += 1;
+                }
             }
         }
         // Checks of entries removed otherwise pile up; rebuild when they
@@ -401,9 +463,11 @@ impl RequestTable {
     /// Σ cost of assignments to `worker_id` that its reports do not show
     /// yet. O(1).
     pub fn pending_cost(&self, worker_id: i64) -> f64 {
+        // Never below 0: adding then subtracting costs of very different
+        // sizes may leave a rounding residue.
         self.workers
             .get(&worker_id)
-            .map_or(0.0, |assignments| assignments.pending_cost)
+            .map_or(0.0, |assignments| assignments.pending_cost.max(0.0))
     }
 
     /// The worker has an assignment in the table (pending, or visible and
@@ -678,6 +742,60 @@ mod tests {
         assert!(table.is_empty());
         assert_eq!(table.waiting_len(), 0);
         assert!(!table.has_outstanding(2));
+    }
+
+    #[test]
+    fn a_waiting_request_not_polled_stops_counting_but_stays_known() {
+        let mut table = RequestTable::new();
+        let polled = table.route(0, 100.0, 60.0, T);
+        table.mark_waiting(polled, 100.0, T);
+        let gone = table.route(0, 50.0, 60.0, T);
+        table.mark_waiting(gone, 50.0, T);
+        // One client keeps polling (every 5 s at most); the other stopped.
+        for t in [5.0, 10.0, 14.0] {
+            table.route(polled, 100.0, 60.0, T + t);
+            table.mark_waiting(polled, 100.0, T + t);
+        }
+        assert_eq!(table.expire(T + WAITING_POLL_WINDOW + 0.5), 0);
+        assert_eq!(table.waiting().collect::<Vec<_>>(), vec![(100.0, T)]);
+        assert_eq!(table.waiting_cost(), 100.0);
+        assert_eq!(table.len(), 2);
+        // A late poll is the same request, still waiting since T.
+        assert_eq!(table.route(gone, 50.0, 60.0, T + 30.0), gone);
+        table.mark_waiting(gone, 50.0, T + 30.0);
+        assert_eq!(table.waiting_len(), 2);
+        assert_eq!(table.waiting_since(gone), Some(T));
+        // And it lapses again without polls; forgotten after replay_timeout.
+        table.expire(T + 46.0);
+        assert_eq!(table.waiting_len(), 0);
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.expire(T + 91.0), 2);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn an_assignment_no_report_confirms_is_released() {
+        let mut table = RequestTable::new();
+        let unused = table.route(0, 100.0, 60.0, T);
+        table.assign(unused, 1, 100.0, T);
+        let used = table.route(0, 100.0, 60.0, T);
+        table.assign(used, 2, 100.0, T);
+        table.observe_report(2, &[used], T + 1.0);
+        table.drain_changed();
+        assert_eq!(table.expire(T + ASSIGNMENT_CONFIRM_WINDOW - 0.5), 0);
+        assert!(table.has_outstanding(1));
+        table.expire(T + ASSIGNMENT_CONFIRM_WINDOW + 0.5);
+        assert!(!table.has_outstanding(1));
+        assert_eq!(table.pending_cost(1), 0.0);
+        assert_eq!(table.drain_changed(), vec![1]);
+        // The released one is still known: a replay keeps its index.
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.route(unused, 100.0, 60.0, T + 20.0), unused);
+        // The confirmed one holds its worker as long as reports list it.
+        table.observe_report(2, &[used], T + 50.0);
+        table.expire(T + 100.0);
+        assert!(table.has_outstanding(2));
+        assert_eq!(table.len(), 1);
     }
 
     #[test]

@@ -208,6 +208,20 @@ impl RouteIndex {
         self.members.contains_key(&id)
     }
 
+    /// Whether the worker is filed with exactly the figures of `candidate`
+    /// (for invariant checks).
+    pub fn matches(&self, candidate: &RouteCandidate) -> bool {
+        let key = (
+            OrdF64::new(perf_divisor(candidate.max_perf)),
+            OrdF64::new(candidate.effective_load()),
+        );
+        self.members.get(&candidate.id) == Some(&key)
+            && self
+                .groups
+                .get(&key.0)
+                .is_some_and(|g| g.contains(&(key.1, candidate.id)))
+    }
+
     /// The same choice as [`choose_worker`] over the filed workers.
     pub fn choose(&self, cost: f64, policy: &EndpointPolicy) -> Option<i64> {
         if policy.state == EndpointState::Stopped {
