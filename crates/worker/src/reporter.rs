@@ -280,7 +280,7 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
         let batch = app.metrics.peek_deletes(MAX_DELETE_BATCH);
         if batch.is_empty() {
             if drained >= TRIM_AFTER_RECORDS {
-                release_free_memory();
+                crate::memory::release_free_memory().await;
             }
             return true;
         }
@@ -319,17 +319,6 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
 /// freed heap to the system for once it has drained; a steady trickle of
 /// small batches never triggers it.
 const TRIM_AFTER_RECORDS: usize = 10_000;
-
-/// Returns free heap pages to the system. After a burst the queue's memory
-/// is free but the allocator keeps it mapped, so the worker would otherwise
-/// stay several MiB larger than it needs to be, next to the GPU job.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// The `REPORT_ADDR` entries that take `/delete_requests/`: all but the
 /// literal `https://cloud.vast.ai/api/v0`, which the reference skips (§10.3).
