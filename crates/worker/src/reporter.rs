@@ -159,7 +159,7 @@ async fn pace(last_send: &mut Option<Instant>, shutdown: &CancellationToken) -> 
 /// Sends `/worker_status/` on the §10.1 cadence and at once on urgent events.
 pub async fn status_loop(app: Arc<App>) {
     let mut baseline = disk_used_gib().unwrap_or(0.0);
-    let mut last_success: Option<Instant> = None;
+    let mut last_answered: Option<Instant> = None;
     let mut last_send: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -170,7 +170,7 @@ pub async fn status_loop(app: Arc<App>) {
             () = app.report_now.notified() => true,
             _ = tick.tick() => false,
         };
-        let elapsed = last_success.map(|t| t.elapsed());
+        let elapsed = last_answered.map(|t| t.elapsed());
         let due = match elapsed {
             None => true,
             Some(elapsed) if !app.metrics.loaded() => elapsed >= HEARTBEAT,
@@ -186,7 +186,7 @@ pub async fn status_loop(app: Arc<App>) {
         // A refused report was answered too: the engine is up, and the next
         // report (without the dropped totals) follows the usual cadence.
         if send_status(&app, &mut baseline, NORMAL, &app.shutdown).await != Delivery::Failed {
-            last_success = Some(Instant::now());
+            last_answered = Some(Instant::now());
         }
     }
 }
