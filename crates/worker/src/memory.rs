@@ -177,10 +177,11 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let counts = gauge.lock();
-        assert!(!counts.requested);
-        assert_eq!(counts.peak, 0);
-        drop(counts);
+        {
+            let counts = gauge.lock();
+            assert!(!counts.requested);
+            assert_eq!(counts.peak, 0);
+        }
         // A small burst afterwards asks for nothing.
         drop((0..10).map(|_| gauge.opened()).collect::<Vec<_>>());
         assert!(!gauge.lock().requested);
