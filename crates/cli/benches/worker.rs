@@ -7,7 +7,13 @@
 //! memory; session create+end cycles per second and their latency from one
 //! keep-alive connection (signed `auth_data`); `/ping` requests per second
 //! and their latency from 16 concurrent keep-alive connections; resident
-//! memory again after that load. With `--worker-url` it measures an already
+//! memory again after that load; then (ours) a flood of connections that
+//! each send half a request: resident memory at its peak, 10 s after the
+//! flood closed, and how long it took to come back within twice the idle
+//! figure. A second worker of ours (100 ms busy-poll window, no periodic
+//! health checks) gives the CPU-time figures of busy polling (it polls after
+//! signed requests, sleeps when quiet and after refused requests) and the
+//! heartbeat interval of a quiet worker. With `--worker-url` it measures an already
 //! running worker instead (throughput, latency, and memory if its pid is
 //! given). Figures are min/median/max over runs, checked against the
 //! targets of the worker's performance requirements.
@@ -104,6 +110,15 @@ struct Args {
     /// Seconds a spawned worker may take to send its first ready report.
     #[arg(long, default_value_t = 60.0, value_name = "SECONDS")]
     ready_timeout: f64,
+
+    /// Connections of the flood phase (ours only; 0 skips it) [default:
+    /// 15000, quick: 2000].
+    #[arg(long, value_name = "N")]
+    flood_connections: Option<usize>,
+
+    /// Skip the busy-polling CPU and heartbeat figures (a second worker).
+    #[arg(long)]
+    skip_behaviour: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,6 +227,78 @@ const METRICS: &[Metric] = &[
         target: Some((Bound::AtMost(2.0), "< 2 ms")),
         published: Some(13.8),
     },
+    Metric {
+        key: "flood_peak_rss_mib",
+        label: "RSS during a connection flood",
+        unit: "MiB",
+        better: Better::Lower,
+        target: Some((Bound::AtMost(64.0), "<= 64 MiB")),
+        published: None,
+    },
+    Metric {
+        key: "flood_rss_10s_mib",
+        label: "RSS 10 s after the flood",
+        unit: "MiB",
+        better: Better::Lower,
+        target: None,
+        published: None,
+    },
+    Metric {
+        key: "flood_rss_10s_ratio",
+        label: "RSS 10 s after the flood / idle",
+        unit: "x",
+        better: Better::Lower,
+        target: Some((Bound::AtMost(2.0), "<= 2x idle")),
+        published: None,
+    },
+    Metric {
+        key: "flood_recover_s",
+        label: "flood closed to RSS <= 2x idle",
+        unit: "s",
+        better: Better::Lower,
+        target: Some((Bound::AtMost(10.0), "<= 10 s")),
+        published: None,
+    },
+    Metric {
+        key: "flood_connected",
+        label: "flood connections established",
+        unit: "count",
+        better: Better::Higher,
+        target: None,
+        published: None,
+    },
+    Metric {
+        key: "busy_cpu_ms",
+        label: "CPU, signed /ping every 20 ms, 2 s",
+        unit: "ms",
+        better: Better::Higher,
+        target: Some((Bound::AtLeast(300.0), ">= 300 ms (polls)")),
+        published: None,
+    },
+    Metric {
+        key: "quiet_cpu_ms",
+        label: "CPU in a quiet second",
+        unit: "ms",
+        better: Better::Lower,
+        target: Some((Bound::AtMost(100.0), "<= 100 ms (sleeps)")),
+        published: None,
+    },
+    Metric {
+        key: "refused_cpu_ms",
+        label: "CPU, refused requests every 20 ms, 1 s",
+        unit: "ms",
+        better: Better::Lower,
+        target: Some((Bound::AtMost(200.0), "<= 200 ms (no polling)")),
+        published: None,
+    },
+    Metric {
+        key: "heartbeat_s",
+        label: "heartbeat interval, quiet worker",
+        unit: "s",
+        better: Better::Lower,
+        target: Some((Bound::Between(9.0, 14.0), "9 to 14 s")),
+        published: None,
+    },
     report::ERRORS,
 ];
 
@@ -224,6 +311,10 @@ struct Timings {
     idle_settle: Duration,
     /// Wait after the load before reading memory again.
     after_load_settle: Duration,
+    /// Connections of the flood phase (0: none).
+    flood_connections: usize,
+    /// Whether to wait for two heartbeats (about 20 s).
+    heartbeat: bool,
 }
 
 impl Timings {
@@ -245,6 +336,10 @@ impl Timings {
             },
             idle_settle: Duration::from_secs_f64(if quick { 0.3 } else { 1.0 }),
             after_load_settle: Duration::from_millis(500),
+            flood_connections: args
+                .flood_connections
+                .unwrap_or(if quick { 2_000 } else { 15_000 }),
+            heartbeat: !quick,
         })
     }
 }
@@ -298,6 +393,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "ping_warmup_secs": timings.ping.warmup.as_secs_f64(),
         "ping_secs": timings.ping.measure.as_secs_f64(),
         "worker_url": args.worker_url,
+        "flood_connections": timings.flood_connections,
+        "behaviour": !args.skip_behaviour,
     });
     let mut saved = SavedRun::new("worker", settings);
     let key = signing_key(&args)?;
@@ -404,8 +501,8 @@ async fn run_spawned(
     for run in 1..=args.common.runs() {
         for &kind in kinds {
             let container_id = ids.fetch_add(1, Ordering::Relaxed) as i64;
-            let mut worker = spawn_worker(args, kind, &engine, container_id)?;
-            let figures = measure_spawned(args, &engine, &mut worker, key, timings)
+            let mut worker = spawn_worker(args, kind, &engine, container_id, &[])?;
+            let mut figures = measure_spawned(args, kind, &engine, &mut worker, key, timings)
                 .await
                 .with_context(|| {
                     format!(
@@ -423,6 +520,11 @@ async fn run_spawned(
                 );
             }
             drop(worker);
+            if kind == Kind::Ours && !args.skip_behaviour {
+                let container_id = ids.fetch_add(1, Ordering::Relaxed) as i64;
+                figures.behaviour =
+                    Some(measure_behaviour(args, &engine, key, container_id, timings).await?);
+            }
             errors += figures.errors;
             figures.print_line(kind.name(), run);
             figures.push(saved, kind.name());
@@ -446,6 +548,7 @@ fn spawn_worker(
     kind: Kind,
     engine: &FakeEngine,
     container_id: i64,
+    extra_env: &[(&str, &str)],
 ) -> anyhow::Result<SpawnedWorker> {
     let dir = tempfile::Builder::new()
         .prefix("nullworker-bench-")
@@ -483,6 +586,9 @@ fn spawn_worker(
         .env("NULL_CONTROL_PORT", control_port.to_string())
         .env("USE_SSL", "false")
         .env("UNSECURED", "false");
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
     let guard = ChildGuard::spawn(cmd, log)?;
     Ok(SpawnedWorker {
         guard,
@@ -505,6 +611,8 @@ struct RunFigures {
     ping_per_s: f64,
     ping_p50_ms: f64,
     ping_p99_ms: f64,
+    flood: Option<FloodFigures>,
+    behaviour: Option<BehaviourFigures>,
     errors: u64,
 }
 
@@ -530,6 +638,22 @@ impl RunFigures {
         put("ping_per_s", Some(self.ping_per_s));
         put("ping_p50_ms", Some(self.ping_p50_ms));
         put("ping_p99_ms", Some(self.ping_p99_ms));
+        if let Some(flood) = &self.flood {
+            put("flood_peak_rss_mib", Some(flood.peak_rss_mib));
+            put("flood_rss_10s_mib", Some(flood.rss_10s_mib));
+            put(
+                "flood_rss_10s_ratio",
+                Some(flood.rss_10s_mib / flood.idle_rss_mib),
+            );
+            put("flood_recover_s", flood.recover_s);
+            put("flood_connected", Some(flood.connected as f64));
+        }
+        if let Some(b) = &self.behaviour {
+            put("busy_cpu_ms", Some(b.busy_cpu_ms));
+            put("quiet_cpu_ms", Some(b.quiet_cpu_ms));
+            put("refused_cpu_ms", Some(b.refused_cpu_ms));
+            put("heartbeat_s", b.heartbeat_s);
+        }
         put("errors", Some(self.errors as f64));
     }
 
@@ -549,11 +673,33 @@ impl RunFigures {
             report::fmt_num(self.ping_p99_ms),
             self.errors,
         );
+        if let Some(f) = &self.flood {
+            println!(
+                "{target} run {run}: flood of {} ({} established): RSS idle {} / peak {} / 10 s after {} MiB, \
+                 back within 2x idle after {} s",
+                f.attempted,
+                f.connected,
+                report::fmt_num(f.idle_rss_mib),
+                report::fmt_num(f.peak_rss_mib),
+                report::fmt_num(f.rss_10s_mib),
+                opt(f.recover_s),
+            );
+        }
+        if let Some(b) = &self.behaviour {
+            println!(
+                "{target} run {run}: CPU busy {} ms / quiet {} ms / refused {} ms, heartbeat every {} s",
+                report::fmt_num(b.busy_cpu_ms),
+                report::fmt_num(b.quiet_cpu_ms),
+                report::fmt_num(b.refused_cpu_ms),
+                opt(b.heartbeat_s),
+            );
+        }
     }
 }
 
 async fn measure_spawned(
     args: &Args,
+    kind: Kind,
     engine: &FakeEngine,
     worker: &mut SpawnedWorker,
     key: &SigningKey,
@@ -570,10 +716,245 @@ async fn measure_spawned(
     figures.ready_ms = Some(ready.as_secs_f64() * 1000.0);
     figures.idle_rss_mib = idle_rss;
     figures.rss_after_load_mib = process::tree_rss_mib(pid);
+    if kind == Kind::Ours && timings.flood_connections > 0 {
+        figures.flood = Some(flood(&worker.url, pid, timings.flood_connections).await?);
+    }
     if let Some(status) = worker.guard.exited() {
         bail!("the worker exited during the run ({status})");
     }
     Ok(figures)
+}
+
+// ---------------------------------------------------------------------------
+// Connection flood (memory) and behaviour (CPU time, heartbeat)
+// ---------------------------------------------------------------------------
+
+/// What a connection flood did to the worker's memory.
+#[derive(Debug)]
+struct FloodFigures {
+    attempted: usize,
+    /// Connections the kernel completed (the rest waited past the connect
+    /// timeout in a full backlog).
+    connected: usize,
+    idle_rss_mib: f64,
+    peak_rss_mib: f64,
+    rss_10s_mib: f64,
+    /// Seconds from closing the flood until RSS was within 2x idle (`None`:
+    /// not within the 10 s watched).
+    recover_s: Option<f64>,
+}
+
+/// Half a request: what each flood connection sends before it waits.
+const FLOOD_PARTIAL: &[u8] = b"POST /ping HTTP/1.1\r\nHost: flood\r\n";
+/// Connects in flight at once during a flood, and the time each may take.
+const FLOOD_CONCURRENCY: usize = 1_024;
+const FLOOD_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long the flood holds its connections before closing them all.
+const FLOOD_HOLD: Duration = Duration::from_secs(2);
+/// How long memory is watched after the flood closed.
+const FLOOD_WATCH: Duration = Duration::from_secs(10);
+
+/// Opens `n` connections to the worker at `url` (process `pid`), each
+/// sending half a request, holds them, closes them all, and watches the
+/// worker's resident memory throughout.
+async fn flood(url: &str, pid: u32, n: usize) -> anyhow::Result<FloodFigures> {
+    let addr = loadgen::resolve(url).await?;
+    let rss = move || process::tree_rss_mib(pid).unwrap_or(0.0);
+    let idle_rss_mib = rss();
+    let peak = Arc::new(Mutex::new(idle_rss_mib));
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let peak = Arc::clone(&peak);
+        let stop = stop_sampling.clone();
+        async move {
+            while !stop.is_cancelled() {
+                let now = rss();
+                {
+                    let mut peak = peak.lock().expect("peak");
+                    *peak = peak.max(now);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let slots = Arc::new(tokio::sync::Semaphore::new(FLOOD_CONCURRENCY));
+    let mut connecting = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        let slot = Arc::clone(&slots).acquire_owned().await?;
+        connecting.spawn(async move {
+            let _slot = slot;
+            let mut stream =
+                tokio::time::timeout(FLOOD_CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .ok()?
+                    .ok()?;
+            tokio::io::AsyncWriteExt::write_all(&mut stream, FLOOD_PARTIAL)
+                .await
+                .ok()?;
+            Some(stream)
+        });
+    }
+    let mut streams = Vec::with_capacity(n);
+    while let Some(joined) = connecting.join_next().await {
+        if let Some(stream) = joined? {
+            streams.push(stream);
+        }
+    }
+    let connected = streams.len();
+    tokio::time::sleep(FLOOD_HOLD).await;
+    stop_sampling.cancel();
+    sampler.await?;
+    let peak_rss_mib = (*peak.lock().expect("peak")).max(rss());
+    drop(streams);
+    let closed = Instant::now();
+    let mut recover_s = None;
+    while closed.elapsed() < FLOOD_WATCH {
+        if recover_s.is_none() && rss() <= 2.0 * idle_rss_mib {
+            recover_s = Some(closed.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(FloodFigures {
+        attempted: n,
+        connected,
+        idle_rss_mib,
+        peak_rss_mib,
+        rss_10s_mib: rss(),
+        recover_s,
+    })
+}
+
+/// CPU time of busy polling, and the heartbeat interval.
+#[derive(Debug)]
+struct BehaviourFigures {
+    busy_cpu_ms: f64,
+    quiet_cpu_ms: f64,
+    refused_cpu_ms: f64,
+    heartbeat_s: Option<f64>,
+}
+
+/// One request of a CPU-time phase: path, body and the status expected.
+type Probe = (&'static str, Bytes, StatusCode);
+
+/// CPU time process `pid` uses while the requests `probes(n)` are sent on
+/// `conn` every 20 ms for `secs`.
+async fn cpu_while(
+    pid: u32,
+    secs: f64,
+    conn: &mut Connection,
+    mut probes: impl FnMut(u64) -> Vec<Probe>,
+) -> anyhow::Result<f64> {
+    let cpu = || process::cpu_time(pid).ok_or_else(|| anyhow!("cannot read the CPU time of {pid}"));
+    let before = cpu()?;
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs_f64(secs) {
+        n += 1;
+        for (path, body, expected) in probes(n) {
+            let reply = conn.post_json(path, body).await?;
+            if reply.status != expected {
+                bail!("{path} answered {}, expected {expected}", reply.status);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((cpu()? - before).as_secs_f64() * 1000.0)
+}
+
+/// Spawns a worker of ours with a 100 ms busy-poll window and no periodic
+/// health checks (so only the benchmark's requests wake it) and measures
+/// the CPU it uses while signed requests come every 20 ms (it should poll
+/// between them), in a quiet second (it should sleep), while refused
+/// requests come every 20 ms (they must not make it poll), then the time
+/// between two heartbeats of the quiet worker.
+async fn measure_behaviour(
+    args: &Args,
+    engine: &FakeEngine,
+    key: &SigningKey,
+    container_id: i64,
+    timings: Timings,
+) -> anyhow::Result<BehaviourFigures> {
+    let env = [
+        ("NULLWORKER_BUSY_POLL_US", "100000"),
+        ("NULLWORKER_HEALTH_INTERVAL", "3600"),
+    ];
+    let mut worker = spawn_worker(args, Kind::Ours, engine, container_id, &env)?;
+    wait_ready(
+        engine,
+        &mut worker,
+        Duration::from_secs_f64(args.ready_timeout),
+    )
+    .await?;
+    let auth = AuthTemplate::new(&worker.url, Some(key));
+    wait_accepting(&worker.url, &auth, &worker.seq, &mut worker.guard).await?;
+    let addr = loadgen::resolve(&worker.url).await?;
+    let pid = worker.guard.pid();
+    let mut conn = Connection::open(addr).await?;
+    let seq = Arc::clone(&worker.seq);
+    let busy_cpu_ms = cpu_while(pid, 2.0, &mut conn, |_| {
+        let body = auth.ping_body(seq.fetch_add(1, Ordering::Relaxed));
+        vec![("/ping", body, StatusCode::OK)]
+    })
+    .await?;
+    // The window after the last request passes, then a quiet second.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quiet_cpu_ms = cpu_while(pid, 1.0, &mut conn, |_| Vec::new()).await?;
+    let forged = AuthTemplate::with_signature(&worker.url, "Zm9yZ2Vk");
+    let refused_cpu_ms = cpu_while(pid, 1.0, &mut conn, |_| {
+        let body = forged.ping_body(seq.fetch_add(1, Ordering::Relaxed));
+        let unknown = Bytes::from_static(br#"{"session_id":"AAAAAAAAAAAAA","session_auth":{}}"#);
+        vec![
+            ("/ping", body, StatusCode::UNAUTHORIZED),
+            ("/session/health", unknown, StatusCode::OK),
+        ]
+    })
+    .await?;
+    let heartbeat_s = if timings.heartbeat {
+        Some(heartbeat(engine, container_id).await?)
+    } else {
+        None
+    };
+    if let Some(status) = worker.guard.exited() {
+        bail!("the worker exited during the behaviour phase ({status})");
+    }
+    Ok(BehaviourFigures {
+        busy_cpu_ms,
+        quiet_cpu_ms,
+        refused_cpu_ms,
+        heartbeat_s,
+    })
+}
+
+/// Seconds between two consecutive reports of a quiet worker.
+async fn heartbeat(engine: &FakeEngine, container_id: i64) -> anyhow::Result<f64> {
+    let reports = || {
+        engine
+            .state
+            .lock()
+            .expect("fake engine state")
+            .reports_at
+            .get(&container_id)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let next_after = |seen: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let all = reports();
+            if all.len() > seen {
+                return Ok::<_, anyhow::Error>((all.len(), all[all.len() - 1]));
+            }
+            if Instant::now() >= deadline {
+                bail!("no heartbeat within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // Reports of the phases before settle first; then two heartbeats.
+    let (seen, _) = next_after(reports().len()).await?;
+    let (seen, first) = next_after(seen).await?;
+    let (_, second) = next_after(seen).await?;
+    Ok((second - first).as_secs_f64())
 }
 
 /// Waits for the worker's first ready report; returns its delay after spawn.
@@ -901,6 +1282,8 @@ struct FakeState {
     ready_at: HashMap<i64, Instant>,
     /// Worker id → first non-empty `error_msg`.
     errors: HashMap<i64, String>,
+    /// Worker id → arrival of each of its reports.
+    reports_at: HashMap<i64, Vec<Instant>>,
 }
 
 impl FakeEngine {
@@ -960,6 +1343,7 @@ async fn worker_status(State(state): Shared, body: Bytes) -> (StatusCode, &'stat
         .and_then(Value::as_str)
         .unwrap_or("");
     let mut state = state.lock().expect("fake engine state");
+    state.reports_at.entry(id).or_default().push(arrived);
     if !error.is_empty() {
         state.errors.entry(id).or_insert_with(|| error.to_owned());
     } else if number("loadtime") > 0.0 || number("max_perf") > 0.0 {

@@ -61,6 +61,19 @@ pub enum RouteEvent {
     },
 }
 
+/// `Ok` when `cost` is a number from 0 to [`nullworker_protocol::MAX_COST`],
+/// which workers accept (they refuse a larger `auth_data.cost`).
+pub(crate) fn check_cost(what: &str, cost: f64) -> Result<(), Error> {
+    if (0.0..=nullworker_protocol::MAX_COST).contains(&cost) {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{what} {cost:?} is invalid; expected a number from 0 to {:e}",
+            nullworker_protocol::MAX_COST
+        )))
+    }
+}
+
 /// Callback receiving [`RouteEvent`]s.
 pub type Progress = Arc<dyn Fn(&RouteEvent) + Send + Sync>;
 
@@ -386,6 +399,7 @@ impl Endpoint {
         payload: Value,
         options: RequestOptions,
     ) -> Result<Response, Error> {
+        check_cost("request cost", options.cost)?;
         let started = Instant::now();
         let (reply, assignment) = self
             .route_and_call(

@@ -95,16 +95,13 @@ impl Default for SessionOptions {
 
 impl SessionOptions {
     fn validate(&self) -> Result<(), Error> {
-        if !self.cost.is_finite() || self.cost < 0.0 {
+        crate::client::check_cost("session cost", self.cost)?;
+        let max_lifetime = Duration::from_secs_f64(nullworker_protocol::MAX_SESSION_LIFETIME);
+        if self.lifetime < Duration::from_secs(1) || self.lifetime > max_lifetime {
             return Err(Error::Config(format!(
-                "session cost {} is invalid; expected a finite number >= 0",
-                self.cost
-            )));
-        }
-        if self.lifetime < Duration::from_secs(1) {
-            return Err(Error::Config(format!(
-                "session lifetime {:?} is too short; expected at least 1 s",
-                self.lifetime
+                "session lifetime {:?} is invalid; expected from 1 s to {} s (30 days)",
+                self.lifetime,
+                max_lifetime.as_secs()
             )));
         }
         if self.check_interval.is_some_and(|c| c.is_zero()) {

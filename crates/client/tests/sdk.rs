@@ -386,10 +386,34 @@ async fn invalid_session_options_are_refused_before_any_call() {
             lifetime: Duration::from_millis(10),
             ..options(30.0)
         },
+        // Beyond the bounds workers accept (they would answer 422).
+        SessionOptions {
+            cost: 1e308,
+            ..options(30.0)
+        },
+        SessionOptions {
+            lifetime: Duration::from_secs(31 * 86_400),
+            ..options(30.0)
+        },
     ] {
         let err = endpoint.session(bad).await.unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
     }
+    let err = endpoint
+        .request(
+            "/ping",
+            json!({}),
+            RequestOptions {
+                cost: f64::INFINITY,
+                ..RequestOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Config(m) if m.contains("request cost inf")),
+        "{err}"
+    );
     assert!(engine.with(|s| s.route_idxs.is_empty()));
 }
 

@@ -60,6 +60,21 @@ pub const DEFAULT_TLS_KEY: &str = "/etc/instance.key";
 pub const FORCE_UPDATE_FILE: &str = "/.force_update";
 /// SDK default `cost` of a request or session.
 pub const DEFAULT_COST: f64 = 100.0;
+/// Largest `cost` a request or session may carry (workload units). Workers
+/// refuse a larger `auth_data.cost` (422), so every load total they report
+/// stays finite; 10⁹ is far above any real request (the SDK sends 100, LLM
+/// workloads count tokens).
+pub const MAX_COST: f64 = 1e9;
+/// Largest session `lifetime` a worker accepts (seconds): 30 days, the bound
+/// of every other duration in the engine's settings.
+pub const MAX_SESSION_LIFETIME: f64 = 30.0 * 86_400.0;
+/// How far ahead of now a session's expiration may lie (seconds): extensions
+/// (`expiration += lifetime`, §9.3) saturate here, so no sequence of
+/// requests pins a worker for longer than this without renewing.
+pub const MAX_SESSION_AHEAD: f64 = MAX_SESSION_LIFETIME;
+/// Saturation bound of a worker's load totals (`cur_load`, `new_load`,
+/// `cur_perf`, `rej_load`): below 2⁵³, so sums of integral costs stay exact.
+pub const MAX_LOAD_TOTAL: f64 = 1e15;
 /// `replay_timeout` the SDK sends with every `/route/` (seconds).
 pub const REPLAY_TIMEOUT: f64 = 60.0;
 /// Benchmark cache file, relative to the worker's working directory.

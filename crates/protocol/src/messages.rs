@@ -9,12 +9,69 @@
 //!
 //! Numbers that the reference writes either as integers or as floats are
 //! `f64`. Fields the reference may omit carry `#[serde(default)]`.
+//!
+//! No non-finite number is ever written: `serde_json` would write NaN and
+//! infinities as `null`, which a peer rejects (an engine answers a report
+//! carrying `"cur_load": null` with 400). Every `f64` field a worker or an
+//! engine sends is serialised through [`finite_f64`], which saturates
+//! instead. Producers keep their numbers bounded in the first place; this is
+//! the last line of defence.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+
+/// The finite `f64` written for `value`: itself when finite, `0.0` for NaN,
+/// `f64::MAX` / `f64::MIN` for positive / negative infinity.
+pub fn saturate_finite(value: f64) -> f64 {
+    if value.is_nan() {
+        0.0
+    } else {
+        value.clamp(f64::MIN, f64::MAX)
+    }
+}
+
+/// Serialises an `f64` as a JSON number even when it is not finite (see
+/// [`saturate_finite`]), where `serde_json` alone would write `null`.
+/// Deserialisation is the plain `f64` one.
+pub mod finite_f64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes [`super::saturate_finite`]`(value)`.
+    pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(super::saturate_finite(*value))
+    }
+
+    /// Reads any JSON number as `f64`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+        f64::deserialize(deserializer)
+    }
+
+    /// The same for `Option<f64>` (`None` stays `null`).
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `None` as `null`, `Some(v)` as [`super::super::saturate_finite`]`(v)`.
+        pub fn serialize<S: Serializer>(
+            value: &Option<f64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match value {
+                None => serializer.serialize_none(),
+                Some(v) => serializer.serialize_some(&super::super::saturate_finite(*v)),
+            }
+        }
+
+        /// Reads `null` or any JSON number.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<f64>, D::Error> {
+            Option::<f64>::deserialize(deserializer)
+        }
+    }
+}
 
 /// Serialises an `f64` that holds an integral value (|x| < 2^53) as a JSON
 /// integer (`100`), anything else as a float (`0.5`).
@@ -27,12 +84,13 @@ pub mod integral_f64 {
     /// 2^53: every integer below this magnitude is exact in an `f64`.
     const EXACT: f64 = 9_007_199_254_740_992.0;
 
-    /// Writes `value` as an integer when it is integral and exact, else as a float.
+    /// Writes `value` as an integer when it is integral and exact, else as a
+    /// float (never `null`: see [`super::finite_f64`]).
     pub fn serialize<S: Serializer>(value: &f64, serializer: S) -> Result<S::Ok, S::Error> {
         if value.is_finite() && value.fract() == 0.0 && value.abs() < EXACT {
             serializer.serialize_i64(*value as i64)
         } else {
-            serializer.serialize_f64(*value)
+            serializer.serialize_f64(super::saturate_finite(*value))
         }
     }
 
@@ -125,15 +183,18 @@ pub struct RouteRequest {
     pub api_key: Option<String>,
     /// Workload units of this request (SDK default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub cost: Option<f64>,
     /// `0` for a new request, a previously returned index to re-poll or replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_idx: Option<u64>,
     /// Seconds after which an unanswered request may be replayed (SDK sends 60.0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub replay_timeout: Option<f64>,
     /// Expected seconds per request (\[docs\] preview only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub latency: Option<f64>,
     /// Client-supplied id (\[docs\] preview only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,30 +309,38 @@ pub struct WorkerStatus {
     pub version: String,
     /// Seconds from start to loaded; `0.0` until loaded, then repeated (Q9).
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub loadtime: f64,
     /// Workload in flight, including open sessions.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub cur_load: f64,
     /// Workload rejected since the last successful report.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub rej_load: f64,
     /// Workload received minus cancelled since the last successful report, floored at 0.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub new_load: f64,
     /// `""` when healthy, else the sticky latest error.
     #[serde(default)]
     pub error_msg: String,
     /// Benchmarked throughput (null worker: 100.0); `0.0` until loaded.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub max_perf: f64,
     /// Workload completed since the last successful report (an amount).
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub cur_perf: f64,
     /// Always 0.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub cur_capacity: f64,
     /// Always 0.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub max_capacity: f64,
     /// Tracked in-flight items (plain requests + open sessions).
     #[serde(default)]
@@ -281,9 +350,11 @@ pub struct WorkerStatus {
     pub num_requests_recieved: u64,
     /// GiB of used disk gained since the previous successful report.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub additional_disk_usage: f64,
     /// Absolute used GiB on `/` (\[1.9.1\] only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub disk_usage: Option<f64>,
     /// `request_idx` of every tracked in-flight item.
     #[serde(default)]
@@ -341,12 +412,15 @@ pub struct DeleteRecord {
     pub status: DeleteRequestStatus,
     /// When the worker received it (sessions: create time).
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub entered_queue_at: f64,
     /// When work began; `0.0` if never.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub work_started_at: f64,
     /// When it succeeded or errored; `0.0` for cancelled/rejected.
     #[serde(default)]
+    #[serde(with = "finite_f64")]
     pub work_completed_at: f64,
 }
 
@@ -533,6 +607,7 @@ pub struct SessionCreateResponse {
     /// 13 characters from `[A-Za-z0-9]`.
     pub session_id: String,
     /// Epoch seconds.
+    #[serde(with = "finite_f64")]
     pub expiration: f64,
 }
 
@@ -569,10 +644,13 @@ pub struct SessionInfo {
     /// The `auth_data` stored at create.
     pub auth_data: Value,
     /// Seconds; also the per-request extension.
+    #[serde(with = "finite_f64")]
     pub lifetime: f64,
     /// Epoch seconds.
+    #[serde(with = "finite_f64")]
     pub expiration: f64,
     /// Epoch seconds.
+    #[serde(with = "finite_f64")]
     pub created_at: f64,
     /// On-close callback URL.
     #[serde(default)]
@@ -665,9 +743,11 @@ pub struct SessionStatusResponse {
     pub session_id: Option<String>,
     /// When that session was opened, epoch seconds (only when `held`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub since: Option<f64>,
     /// When that session expires unless extended, epoch seconds (only when `held`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(with = "finite_f64::option")]
     pub expiration: Option<f64>,
     /// Number of open sessions.
     #[serde(default)]

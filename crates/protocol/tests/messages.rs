@@ -387,3 +387,120 @@ fn endpoint_params_and_records() {
         json!({"error_msg": "x"})
     );
 }
+
+/// Every number in `value`, with its path, for "nothing is null" checks.
+fn nulls(value: &Value, path: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Null => out.push(path.to_owned()),
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                nulls(v, &format!("{path}[{i}]"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (k, v) in map {
+                nulls(v, &format!("{path}.{k}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn non_finite_numbers_are_never_written_as_null() {
+    // serde_json writes NaN and infinities as `null`; an engine answers a
+    // report carrying `"cur_load": null` with 400, forever.
+    let bad = [f64::INFINITY, f64::NEG_INFINITY, f64::NAN];
+    for x in bad {
+        let status = WorkerStatus {
+            id: 1,
+            loadtime: x,
+            cur_load: x,
+            rej_load: x,
+            new_load: x,
+            max_perf: x,
+            cur_perf: x,
+            cur_capacity: x,
+            max_capacity: x,
+            additional_disk_usage: x,
+            disk_usage: Some(x),
+            ..WorkerStatus::default()
+        };
+        let record = DeleteRecord::new(1, DeleteRequestStatus::Success, x, x, x);
+        let info = SessionInfo {
+            session_id: "s".into(),
+            auth_data: json!({}),
+            lifetime: x,
+            expiration: x,
+            created_at: x,
+            on_close_route: None,
+            on_close_payload: None,
+        };
+        let created = SessionCreateResponse {
+            session_id: "s".into(),
+            expiration: x,
+        };
+        let held = SessionStatusResponse::held("s".into(), x, x, 1);
+        let route = RouteRequest {
+            cost: Some(x),
+            replay_timeout: Some(x),
+            latency: Some(x),
+            ..RouteRequest::default()
+        };
+        let ready = RouteReady {
+            endpoint: "e".into(),
+            url: "u".into(),
+            cost: x,
+            reqnum: 1,
+            request_idx: 1,
+            signature: "s".into(),
+            request_id: String::new(),
+            extra: Default::default(),
+        };
+        let values = [
+            to_value(&status),
+            to_value(&record),
+            to_value(&info),
+            to_value(&created),
+            to_value(&held),
+            to_value(&route),
+            to_value(&ready),
+        ];
+        for value in values {
+            let mut found = Vec::new();
+            // `on_close_*` are null by design.
+            let mut value = value;
+            if let Some(obj) = value.as_object_mut() {
+                obj.remove("on_close_route");
+                obj.remove("on_close_payload");
+            }
+            nulls(&value, "$", &mut found);
+            assert!(found.is_empty(), "{x}: null at {found:?} in {value}");
+        }
+        // Saturated, not zeroed, for infinities; NaN becomes 0.
+        let written = to_value(&status)["cur_load"].as_f64().unwrap();
+        match x {
+            x if x.is_nan() => assert_eq!(written, 0.0),
+            x if x > 0.0 => assert_eq!(written, f64::MAX),
+            _ => assert_eq!(written, f64::MIN),
+        }
+    }
+    // Finite values are untouched, and `None` stays absent or null.
+    let status = WorkerStatus {
+        id: 1,
+        cur_load: 250.5,
+        ..WorkerStatus::default()
+    };
+    let value = to_value(&status);
+    assert_eq!(value["cur_load"], json!(250.5));
+    assert!(value.get("disk_usage").is_none());
+    let parsed: WorkerStatus = serde_json::from_value(value).unwrap();
+    assert_eq!(parsed, status);
+    assert_eq!(
+        to_value(&SessionStatusResponse::not_held()),
+        json!({"held": false, "open_sessions": 0})
+    );
+    let parsed: SessionStatusResponse =
+        serde_json::from_value(json!({"held": false, "open_sessions": 0})).unwrap();
+    assert_eq!(parsed.expiration, None);
+}

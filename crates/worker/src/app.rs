@@ -590,7 +590,7 @@ mod tests {
         assert!(!long.closed().is_cancelled());
 
         // An extension moves the deadline by one lifetime, additively.
-        app.sessions.get_and_extend(&long.id).unwrap();
+        app.sessions.extend(&long, &app.clock);
         tokio::time::sleep(Duration::from_millis(3_100)).await;
         assert!(!long.closed().is_cancelled(), "extended to 10 s");
         tokio::time::sleep(Duration::from_millis(5_000)).await;

@@ -17,6 +17,12 @@ use nullworker_protocol as protocol;
 
 /// Default cap on a public request body (bytes); larger bodies get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default cap on connections the public and HTTP-only listeners hold open
+/// at once (a client holds one or two; this leaves room for many clients
+/// while bounding the memory a flood can take, about 15 KiB each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Largest accepted `NULLWORKER_MAX_CONNECTIONS`.
+pub const MAX_MAX_CONNECTIONS: usize = 65_536;
 
 /// Options of `nullworker serve`. Every option can also be set through the
 /// environment variable named in its help; the protocol's variables keep the
@@ -98,6 +104,11 @@ pub struct ServeArgs {
     /// Largest accepted public request body in bytes [default: 1048576].
     #[arg(long, env = "NULLWORKER_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<String>,
+
+    /// Connections the public and HTTP-only listeners hold open at once;
+    /// further ones wait until one closes [default: 1024].
+    #[arg(long, env = "NULLWORKER_MAX_CONNECTIONS", value_name = "COUNT")]
+    pub max_connections: Option<String>,
 
     /// Address the public and HTTP-only listeners bind [default: 0.0.0.0].
     #[arg(long, env = "NULLWORKER_LISTEN_ADDR", value_name = "IP")]
@@ -198,6 +209,8 @@ pub struct WorkerConfig {
     pub max_sessions: Option<usize>,
     /// Public request body cap in bytes.
     pub max_body_bytes: usize,
+    /// Connections the public and HTTP-only listeners hold open at once.
+    pub max_connections: usize,
     /// File written by `/pyworker/update`.
     pub force_update_file: PathBuf,
     /// Polling window after each request (zero: off); see [`crate::busy_poll`].
@@ -222,6 +235,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("health_interval", &self.health_interval)
             .field("max_sessions", &self.max_sessions)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
             .field("force_update_file", &self.force_update_file)
             .field("busy_poll", &self.busy_poll)
             .finish()
@@ -489,6 +503,19 @@ impl ServeArgs {
                 }
             },
         };
+        let max_connections = match non_empty(&self.max_connections) {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => n,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "NULLWORKER_MAX_CONNECTIONS (--max-connections)",
+                        raw,
+                        format!("a whole number of connections from 1 to {MAX_MAX_CONNECTIONS}"),
+                    ))
+                }
+            },
+        };
         let listen_addr = match non_empty(&self.listen_addr) {
             None => IpAddr::from([0, 0, 0, 0]),
             Some(raw) => raw.parse::<IpAddr>().map_err(|_| {
@@ -535,6 +562,7 @@ impl ServeArgs {
             health_interval,
             max_sessions,
             max_body_bytes,
+            max_connections,
             force_update_file,
             busy_poll,
         })
@@ -642,6 +670,27 @@ mod tests {
         assert!(c.bind_auth_url && !c.unsecured && c.tls.is_none());
         assert_eq!(c.master_token, "");
         assert_eq!(c.busy_poll, Duration::from_micros(500));
+    }
+
+    #[test]
+    fn max_connections_is_a_count_from_1() {
+        let max = |raw: &str| {
+            let mut a = base();
+            a.max_connections = Some(raw.into());
+            a.validate().map(|c| c.max_connections)
+        };
+        assert_eq!(base().validate().unwrap().max_connections, 1024);
+        assert_eq!(max("1"), Ok(1));
+        assert_eq!(max("65536"), Ok(65_536));
+        for bad in ["0", "65537", "-3", "many", "1.5"] {
+            let msg = max(bad).unwrap_err().to_string();
+            assert!(
+                msg.contains("NULLWORKER_MAX_CONNECTIONS")
+                    && msg.contains(&format!("{bad:?}"))
+                    && msg.contains("from 1 to 65536"),
+                "{msg}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! * [`reporter`] — public key fetch, `/worker_status/`, `/delete_requests/`, beacon.
 //! * [`health`] — the consumer health-check loop.
 //! * [`http`] — the public, HTTP-only and control routers and the connection server.
+//! * [`memory`] — open-connection counts, and returning freed heap after a burst.
 //! * [`run`] — lifecycle: bind, start the tasks, graceful shutdown.
 //! * [`cli`] — `nullworker serve` and `nullworker release`.
 
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod health;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod reporter;
 pub mod run;

@@ -6,6 +6,11 @@
 //! exactly the amounts that were sent are subtracted, so events that arrive
 //! while a report is in flight are kept for the next one (the reference
 //! resets to zero and loses them). Sending is done by [`crate::reporter`].
+//!
+//! Every amount is finite by construction: a load entering the accounting is
+//! clamped to `0 ..= MAX_COST` and every total saturates at
+//! [`protocol::MAX_LOAD_TOTAL`], so no sequence of events can make a report
+//! carry an infinity (which `serde_json` would write as `null`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -17,6 +22,25 @@ const MAX_DELETE_QUEUE: usize = 100_000;
 /// Queue length at which the delete sender is woken before its next tick,
 /// so that a flood of requests keeps the queue (and memory) small.
 const DELETE_FLUSH_AT: usize = 512;
+
+/// `load` as the accounting takes it: finite, from 0 to [`protocol::MAX_COST`].
+fn bounded(load: f64) -> f64 {
+    if load.is_nan() {
+        0.0
+    } else {
+        load.clamp(0.0, protocol::MAX_COST)
+    }
+}
+
+/// `total + amount`, saturating at [`protocol::MAX_LOAD_TOTAL`].
+fn add(total: &mut f64, amount: f64) {
+    *total = (*total + amount).min(protocol::MAX_LOAD_TOTAL);
+}
+
+/// `total - amount`, never below zero (a saturated total loses the excess).
+fn sub(total: &mut f64, amount: f64) {
+    *total = (*total - amount).max(0.0);
+}
 
 /// Handle of a tracked in-flight item (plain request or session).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -95,7 +119,7 @@ impl Metrics {
         inner.next_key += 1;
         let key = TrackKey(inner.next_key);
         if !item.session {
-            inner.plain_load += item.load;
+            add(&mut inner.plain_load, item.load);
         }
         inner.working.insert(key, item);
         key
@@ -104,7 +128,7 @@ impl Metrics {
     fn untrack(inner: &mut Inner, key: TrackKey) -> Option<Tracked> {
         let item = inner.working.remove(&key)?;
         if !item.session {
-            inner.plain_load -= item.load;
+            sub(&mut inner.plain_load, item.load);
             if !inner.working.values().any(|t| !t.session) {
                 // Keep the running sum exact once nothing plain is in flight.
                 inner.plain_load = 0.0;
@@ -144,7 +168,7 @@ impl Metrics {
         };
         let completed = match status {
             DeleteRequestStatus::Success => {
-                inner.cur_perf += item.load;
+                add(&mut inner.cur_perf, item.load);
                 inner.events += 1;
                 now
             }
@@ -153,7 +177,7 @@ impl Metrics {
                 now
             }
             DeleteRequestStatus::Cancelled | DeleteRequestStatus::Rejected => {
-                inner.cancelled += item.load;
+                add(&mut inner.cancelled, item.load);
                 0.0
             }
         };
@@ -170,7 +194,7 @@ impl Metrics {
     /// A plain request or a session create was refused (401/429).
     pub fn rejected(&self, request_idx: u64, load: f64, now: f64) {
         let mut inner = self.lock();
-        inner.rej_load += load;
+        add(&mut inner.rej_load, bounded(load));
         inner.num_received += 1;
         inner.events += 1;
         self.push_delete(
@@ -186,8 +210,9 @@ impl Metrics {
 
     /// A tracked item arrived: `new_load += load`, received, tracked (§10.4).
     fn admit(&self, request_idx: u64, load: f64, session: bool, now: f64) -> TrackKey {
+        let load = bounded(load);
         let mut inner = self.lock();
-        inner.received += load;
+        add(&mut inner.received, load);
         inner.num_received += 1;
         inner.events += 1;
         Self::track(
@@ -207,7 +232,7 @@ impl Metrics {
         let Some(item) = Self::untrack(&mut inner, key) else {
             return;
         };
-        inner.cur_perf += item.load;
+        add(&mut inner.cur_perf, item.load);
         inner.events += 1;
         let record = DeleteRecord::new(
             item.request_idx,
@@ -222,26 +247,26 @@ impl Metrics {
     /// A request inside a session was admitted (`new_load += w`, not tracked).
     pub fn in_session_admitted(&self, load: f64) {
         let mut inner = self.lock();
-        inner.received += load;
+        add(&mut inner.received, bounded(load));
         inner.events += 1;
     }
 
     /// A request inside a session succeeded.
     pub fn in_session_succeeded(&self, load: f64) {
         let mut inner = self.lock();
-        inner.cur_perf += load;
+        add(&mut inner.cur_perf, bounded(load));
         inner.events += 1;
     }
 
     /// A request inside a session was cut by the session closing.
     pub fn in_session_cancelled(&self, load: f64) {
-        self.lock().cancelled += load;
+        add(&mut self.lock().cancelled, bounded(load));
     }
 
     /// A request inside a session was refused (401/429).
     pub fn in_session_rejected(&self, load: f64) {
         let mut inner = self.lock();
-        inner.rej_load += load;
+        add(&mut inner.rej_load, bounded(load));
         inner.events += 1;
     }
 
@@ -295,7 +320,10 @@ impl Metrics {
             .map(|(key, item)| (*key, item.request_idx))
             .collect();
         idxs.sort_unstable_by_key(|(key, _)| key.0);
-        let cur_load = inner.working.values().fold(0.0, |sum, t| sum + t.load);
+        let mut cur_load = 0.0;
+        for item in inner.working.values() {
+            add(&mut cur_load, item.load);
+        }
         let sent = Sent {
             events: inner.events,
             received: inner.received,
@@ -330,10 +358,10 @@ impl Metrics {
     pub fn commit(&self, sent: Sent) {
         let mut guard = self.lock();
         let inner = &mut *guard;
-        inner.received -= sent.received;
-        inner.cancelled -= sent.cancelled;
-        inner.cur_perf -= sent.cur_perf;
-        inner.rej_load -= sent.rej_load;
+        sub(&mut inner.received, sent.received);
+        sub(&mut inner.cancelled, sent.cancelled);
+        sub(&mut inner.cur_perf, sent.cur_perf);
+        sub(&mut inner.rej_load, sent.rej_load);
         // Exactly zero when nothing happened meanwhile (no float residue).
         for v in [
             &mut inner.received,
@@ -449,6 +477,85 @@ mod tests {
         assert!(m.loaded());
         m.commit(m.snapshot().sent);
         assert_eq!(m.error_msg(), "boom");
+    }
+
+    /// The numbers of a report, by name.
+    fn numbers(s: &WorkerStatus) -> [(&'static str, f64); 4] {
+        [
+            ("cur_load", s.cur_load),
+            ("new_load", s.new_load),
+            ("cur_perf", s.cur_perf),
+            ("rej_load", s.rej_load),
+        ]
+    }
+
+    #[test]
+    fn huge_costs_saturate_instead_of_overflowing() {
+        // Before the bounds: two rejected creates with cost 1e308 made
+        // rej_load infinite, the report carried null and the engine refused
+        // it forever.
+        let m = Metrics::new();
+        m.set_loaded(0.01, 100.0);
+        for i in 0..4 {
+            m.rejected(i, 1e308, 1.0);
+            let key = m.session_opened(10 + i, f64::INFINITY, 1.0);
+            m.session_closed(key, 2.0);
+            m.in_session_rejected(f64::NAN);
+        }
+        let _open = m.session_opened(20, 1e308, 3.0);
+        let s = m.snapshot().status;
+        for (name, value) in numbers(&s) {
+            assert!(
+                value.is_finite() && (0.0..=protocol::MAX_LOAD_TOTAL).contains(&value),
+                "{name} = {value}"
+            );
+        }
+        assert_eq!(s.cur_load, protocol::MAX_COST);
+        assert_eq!(s.rej_load, 4.0 * protocol::MAX_COST);
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("null"), "{json}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the events and their loads, every reported total is
+        /// finite, non-negative and at most MAX_LOAD_TOTAL, and a commit
+        /// of what was sent leaves the totals non-negative.
+        #[test]
+        fn report_totals_stay_finite_and_bounded(
+            ops in proptest::collection::vec(
+                (0u8..7, proptest::prop_oneof![
+                    proptest::num::f64::ANY,
+                    0.0..1e3,
+                    proptest::strategy::Just(1e308),
+                    proptest::strategy::Just(protocol::MAX_COST),
+                ]),
+                1..200,
+            )
+        ) {
+            let m = Metrics::new();
+            m.set_loaded(0.01, 100.0);
+            let mut open = Vec::new();
+            let mut in_flight = None;
+            for (op, load) in ops {
+                match op {
+                    0 => open.push(m.session_opened(1, load, 1.0)),
+                    1 => if let Some(key) = open.pop() { m.session_closed(key, 2.0) },
+                    2 => m.rejected(2, load, 1.0),
+                    3 => { m.in_session_admitted(load); m.in_session_succeeded(load) }
+                    4 => m.in_session_cancelled(load),
+                    5 => in_flight = Some(m.snapshot()),
+                    _ => if let Some(snap) = in_flight.take() { m.commit(snap.sent) },
+                }
+                let s = m.snapshot().status;
+                for (name, value) in numbers(&s) {
+                    proptest::prop_assert!(
+                        value.is_finite() && (0.0..=protocol::MAX_LOAD_TOTAL).contains(&value),
+                        "{} = {}", name, value
+                    );
+                }
+                proptest::prop_assert!(m.wait_time().is_finite());
+            }
+        }
     }
 
     #[test]

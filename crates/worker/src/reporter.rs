@@ -5,7 +5,11 @@
 //! shutdown and the launch-failure beacon (§8.5).
 //!
 //! Report contents come from [`crate::metrics`]; this module only decides
-//! when to send and delivers with the reference's retry and failover policy.
+//! when to send and delivers with the reference's retry and failover policy,
+//! except that a body the engine refuses with a 4xx other than 408 and 429
+//! is not sent again: a refused report's per-interval totals and a refused
+//! delete batch are dropped with a warning, so one bad body cannot wedge the
+//! reports (and get the worker declared stale).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,7 +75,28 @@ pub fn disk_used_gib() -> Option<f64> {
     Some(used_blocks * stat.f_frsize as f64 / f64::from(1u32 << 30))
 }
 
-/// POSTs `body` to `path` on each address in order with `policy`; `true` on the first 2xx.
+/// How a delivery ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// An address answered 2xx.
+    Delivered,
+    /// No address took it, and one answered a 4xx other than 408 and 429:
+    /// the engine understood the body and will not take it, so sending the
+    /// same body again cannot succeed.
+    Refused(u16),
+    /// Every attempt failed (transport errors, timeouts, 408, 429, 5xx).
+    Failed,
+}
+
+/// Whether an answer with `status` means the body itself was refused
+/// (retrying it cannot help): a 4xx the SDK would not retry.
+fn refuses_the_body(status: u16) -> bool {
+    (400..500).contains(&status) && !protocol::is_retryable_status(status)
+}
+
+/// POSTs `body` to `path` on each address in order with `policy`, until one
+/// answers 2xx. An address that refuses the body (see [`refuses_the_body`])
+/// is not tried again; the next one is.
 async fn deliver(
     clients: &HttpClients,
     addrs: &[String],
@@ -79,7 +104,8 @@ async fn deliver(
     body: &[u8],
     policy: Policy,
     cancel: &CancellationToken,
-) -> bool {
+) -> Delivery {
+    let mut refused = None;
     for addr in addrs {
         let url = protocol::join_engine_path(addr, path);
         let client = clients.for_url(&url);
@@ -92,21 +118,29 @@ async fn deliver(
                 .send()
                 .await;
             match outcome {
-                Ok(resp) if resp.status().is_success() => return true,
+                Ok(resp) if resp.status().is_success() => return Delivery::Delivered,
+                Ok(resp) if refuses_the_body(resp.status().as_u16()) => {
+                    let status = resp.status().as_u16();
+                    let answer = resp.text().await.unwrap_or_default();
+                    let answer: String = answer.chars().take(200).collect();
+                    tracing::warn!(%url, status, %answer, "engine refused the body; not retrying it");
+                    refused = Some(status);
+                    break;
+                }
                 Ok(resp) => {
-                    tracing::warn!(%url, attempt, status = resp.status().as_u16(), "engine refused a report");
+                    tracing::warn!(%url, attempt, status = resp.status().as_u16(), "engine did not take a report");
                 }
                 Err(err) => tracing::warn!(%url, attempt, error = %err, "report delivery failed"),
             }
             if !policy.retry_sleep.is_zero() {
                 tokio::select! {
-                    () = cancel.cancelled() => return false,
+                    () = cancel.cancelled() => return Delivery::Failed,
                     () = tokio::time::sleep(policy.retry_sleep) => {}
                 }
             }
         }
     }
-    false
+    refused.map_or(Delivery::Failed, Delivery::Refused)
 }
 
 /// Waits until [`MIN_GAP`] after the previous send, then records this one;
@@ -125,7 +159,7 @@ async fn pace(last_send: &mut Option<Instant>, shutdown: &CancellationToken) -> 
 /// Sends `/worker_status/` on the §10.1 cadence and at once on urgent events.
 pub async fn status_loop(app: Arc<App>) {
     let mut baseline = disk_used_gib().unwrap_or(0.0);
-    let mut last_success: Option<Instant> = None;
+    let mut last_answered: Option<Instant> = None;
     let mut last_send: Option<Instant> = None;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,7 +170,7 @@ pub async fn status_loop(app: Arc<App>) {
             () = app.report_now.notified() => true,
             _ = tick.tick() => false,
         };
-        let elapsed = last_success.map(|t| t.elapsed());
+        let elapsed = last_answered.map(|t| t.elapsed());
         let due = match elapsed {
             None => true,
             Some(elapsed) if !app.metrics.loaded() => elapsed >= HEARTBEAT,
@@ -149,19 +183,25 @@ pub async fn status_loop(app: Arc<App>) {
             return;
         }
         app.report_taken();
-        if send_status(&app, &mut baseline, NORMAL, &app.shutdown).await {
-            last_success = Some(Instant::now());
+        // A refused report was answered too: the engine is up, and the next
+        // report (without the dropped totals) follows the usual cadence.
+        if send_status(&app, &mut baseline, NORMAL, &app.shutdown).await != Delivery::Failed {
+            last_answered = Some(Instant::now());
         }
     }
 }
 
-/// Builds and delivers one `/worker_status/`; commits the counters on success.
+/// Builds and delivers one `/worker_status/`. Commits the counters when it
+/// was delivered, and also when it was refused: the per-interval totals it
+/// carried are then dropped (with a warning), since a body the engine
+/// refuses would be refused again, and keeping them would only make every
+/// later report carry them too, until the engine declared the worker stale.
 async fn send_status(
     app: &App,
     baseline: &mut f64,
     policy: Policy,
     cancel: &CancellationToken,
-) -> bool {
+) -> Delivery {
     let snapshot = app.metrics.snapshot();
     let mut status = snapshot.status;
     let disk = disk_used_gib();
@@ -180,12 +220,25 @@ async fn send_status(
         cancel,
     )
     .await;
-    if delivered {
-        app.metrics.commit(snapshot.sent);
-        if let Some(used) = disk {
-            *baseline = used;
+    match delivered {
+        Delivery::Delivered => {
+            app.metrics.commit(snapshot.sent);
+            if let Some(used) = disk {
+                *baseline = used;
+            }
+            tracing::debug!(cur_load = status.cur_load, error_msg = %status.error_msg, "worker status reported");
         }
-        tracing::debug!(cur_load = status.cur_load, error_msg = %status.error_msg, "worker status reported");
+        Delivery::Refused(answer) => {
+            app.metrics.commit(snapshot.sent);
+            tracing::warn!(
+                status = answer,
+                new_load = status.new_load,
+                cur_perf = status.cur_perf,
+                rej_load = status.rej_load,
+                "the engine refused a worker status; its per-interval totals are dropped"
+            );
+        }
+        Delivery::Failed => {}
     }
     delivered
 }
@@ -227,7 +280,7 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
         let batch = app.metrics.peek_deletes(MAX_DELETE_BATCH);
         if batch.is_empty() {
             if drained >= TRIM_AFTER_RECORDS {
-                release_free_memory();
+                crate::memory::release_free_memory().await;
             }
             return true;
         }
@@ -238,7 +291,7 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
             requests: batch,
         };
         let body = serde_json::to_vec(&body).expect("delete requests always serialise");
-        if !deliver(
+        match deliver(
             &app.http,
             &addrs,
             paths::DELETE_REQUESTS,
@@ -248,7 +301,13 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
         )
         .await
         {
-            return false;
+            Delivery::Delivered => {}
+            Delivery::Refused(status) => tracing::warn!(
+                status,
+                records = n,
+                "the engine refused a batch of finished requests; it is dropped"
+            ),
+            Delivery::Failed => return false,
         }
         app.metrics.drop_deletes(n);
         drained += n;
@@ -260,17 +319,6 @@ async fn send_deletes(app: &App, policy: Policy, cancel: &CancellationToken) -> 
 /// freed heap to the system for once it has drained; a steady trickle of
 /// small batches never triggers it.
 const TRIM_AFTER_RECORDS: usize = 10_000;
-
-/// Returns free heap pages to the system. After a burst the queue's memory
-/// is free but the allocator keeps it mapped, so the worker would otherwise
-/// stay several MiB larger than it needs to be, next to the GPU job.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// The `REPORT_ADDR` entries that take `/delete_requests/`: all but the
 /// literal `https://cloud.vast.ai/api/v0`, which the reference skips (§10.3).
@@ -288,7 +336,7 @@ pub async fn final_report(app: &App) {
     let never = CancellationToken::new();
     send_deletes(app, FINAL, &never).await;
     let mut baseline = disk_used_gib().unwrap_or(0.0);
-    if send_status(app, &mut baseline, FINAL, &never).await {
+    if send_status(app, &mut baseline, FINAL, &never).await == Delivery::Delivered {
         tracing::info!("last report sent");
     } else {
         tracing::warn!("last report could not be delivered");
@@ -375,6 +423,7 @@ pub async fn send_beacon(target: &BeaconTarget, reason: &str) -> bool {
         &CancellationToken::new(),
     )
     .await
+        == Delivery::Delivered
 }
 
 #[cfg(test)]
@@ -393,6 +442,16 @@ mod tests {
             delete_addrs(&addrs),
             ["https://run.vast.ai", "https://cloud.vast.ai/api/v1"]
         );
+    }
+
+    #[test]
+    fn only_a_4xx_that_retrying_cannot_fix_refuses_the_body() {
+        for status in [400, 401, 403, 404, 405, 413, 422, 499] {
+            assert!(refuses_the_body(status), "{status}");
+        }
+        for status in [200, 204, 301, 408, 429, 500, 502, 503] {
+            assert!(!refuses_the_body(status), "{status}");
+        }
     }
 
     #[test]

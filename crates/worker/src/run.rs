@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{App, CloseReason};
@@ -18,6 +19,7 @@ use crate::busy_poll::BusyPoll;
 use crate::clock::Clock;
 use crate::config::WorkerConfig;
 use crate::http::serve::ServeContext;
+use crate::memory::ConnGauge;
 use crate::{health, http, reporter};
 
 /// Budget for closing sessions at shutdown (callbacks included).
@@ -121,27 +123,42 @@ pub async fn run_with_clock(
     let tracker = app.tracker.clone();
     let busy_poll = BusyPoll::new(app.config.busy_poll);
     tracker.spawn(Arc::clone(&busy_poll).run(servers.clone()));
+    let gauge = Arc::new(ConnGauge::new());
+    tracker.spawn({
+        let gauge = Arc::clone(&gauge);
+        let stop = servers.clone();
+        async move { gauge.run(stop).await }
+    });
     let ctx = ServeContext {
         shutdown: servers.clone(),
         tracker: tracker.clone(),
         busy_poll,
+        gauge,
     };
+    // The public and HTTP-only listeners share one cap; the loopback control
+    // server has its own, so a flood cannot keep the consumer from /release.
+    let public_limit = Arc::new(Semaphore::new(http::serve::connection_cap(
+        app.config.max_connections,
+    )));
     tracker.spawn(http::serve::serve(
         listeners.control,
         http::control_router(Arc::clone(&app)),
         None,
+        Arc::new(Semaphore::new(http::serve::CONTROL_MAX_CONNECTIONS)),
         ctx.clone(),
     ));
     tracker.spawn(http::serve::serve(
         listeners.public,
         http::public_router(Arc::clone(&app)),
         app.config.tls.clone(),
+        Arc::clone(&public_limit),
         ctx.clone(),
     ));
     tracker.spawn(http::serve::serve(
         listeners.http_only,
         http::http_only_router(Arc::clone(&app)),
         None,
+        public_limit,
         ctx,
     ));
     tracker.spawn(reporter::status_loop(Arc::clone(&app)));

@@ -1,6 +1,7 @@
 //! The session table (PROTOCOL.md §9): open sessions, the `max_sessions`
-//! cap, additive extension (quirk Q6), the `session_auth` check with Python
-//! equality (Q21) and the deadline each session expires at.
+//! cap, additive extension (quirk Q6) capped at
+//! [`protocol::MAX_SESSION_AHEAD`] from now, the `session_auth` check with
+//! Python equality (Q21) and the deadline each session expires at.
 //!
 //! The table also indexes sessions by deadline, so one expiry task (run by
 //! [`crate::app`]) sleeps until the earliest deadline and takes the due
@@ -233,21 +234,30 @@ impl SessionTable {
         self.lock().sessions.get(id).cloned()
     }
 
-    /// The open session with this id, extended by one lifetime
-    /// (`expiration += lifetime`, Q6: additive, on every request naming it).
-    pub fn get_and_extend(&self, id: &str) -> Option<Arc<Session>> {
+    /// Extends `session` by one lifetime (`expiration += lifetime`, Q6:
+    /// additive), saturating at [`protocol::MAX_SESSION_AHEAD`] seconds
+    /// after now. Called only for requests that passed authentication. Does
+    /// nothing if the session has left the table.
+    pub fn extend(&self, session: &Arc<Session>, clock: &Clock) {
         let mut inner = self.lock();
-        let session = inner.sessions.get(id).cloned()?;
+        match inner.sessions.get(&session.id) {
+            Some(current) if Arc::ptr_eq(current, session) => {}
+            _ => return,
+        }
+        let limit = clock.now_epoch() + protocol::MAX_SESSION_AHEAD;
         let mut expiration = session.expiration.lock().expect("session lock");
+        let extended = (*expiration + session.spec.lifetime).min(limit);
+        if extended <= *expiration {
+            return;
+        }
         let old = session.deadline_of(*expiration);
-        *expiration += session.spec.lifetime;
-        let new = session.deadline_of(*expiration);
+        *expiration = extended;
+        let new = session.deadline_of(extended);
         drop(expiration);
         // Deadlines only move later, so the expiry task needs no wake-up.
         let key = (old, session.id.clone());
         inner.deadlines.remove(&key);
         inner.deadlines.insert((new, key.1));
-        Some(session)
     }
 
     fn remove_locked(inner: &mut Inner, session: &Session) {
@@ -369,8 +379,8 @@ mod tests {
         );
 
         tokio::time::advance(Duration::from_secs(10)).await;
-        table.get_and_extend(&s.id).unwrap();
-        table.get_and_extend(&s.id).unwrap();
+        table.extend(&s, &clock);
+        table.extend(&s, &clock);
         // Additive to the expiration, not now + lifetime.
         assert_eq!(s.expiration(), 1_180.0);
         assert_eq!(s.deadline() - clock.now(), Duration::from_secs(170));
@@ -397,7 +407,7 @@ mod tests {
         let a = table.open(spec(1.0), &clock).unwrap();
         let b = table.open(spec(2.0), &clock).unwrap();
         assert_eq!(table.arm(), Some(a.deadline()));
-        table.get_and_extend(&a.id).unwrap(); // a now expires at 2.0 too
+        table.extend(&a, &clock); // a now expires at 2.0 too
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert!(table.take_due(clock.now()).is_empty());
         tokio::time::advance(Duration::from_millis(500)).await;
@@ -453,6 +463,31 @@ mod tests {
         assert!(!table.remove(&b));
         assert!(!count.has_changed().unwrap());
         assert!(table.oldest().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extensions_saturate_at_the_cap_from_now() {
+        let clock = Clock::anchored(1_000.0);
+        let table = SessionTable::new(None);
+        let day = 86_400.0;
+        let s = table.open(spec(10.0 * day), &clock).unwrap();
+        // 10 days, 20, 30, then saturated at now + 30 days.
+        for _ in 0..100 {
+            table.extend(&s, &clock);
+        }
+        let cap = 1_000.0 + protocol::MAX_SESSION_AHEAD;
+        assert_eq!(s.expiration(), cap);
+        assert_eq!(s.deadline() - clock.now(), Duration::from_secs(30 * 86_400));
+        // Time passes: the cap moves with now, never further.
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        table.extend(&s, &clock);
+        assert_eq!(s.expiration(), cap + day);
+        assert!(s.expiration().is_finite());
+        // A session that left the table is not extended.
+        assert!(table.remove(&s));
+        table.extend(&s, &clock);
+        assert_eq!(s.expiration(), cap + day);
+        assert!(table.arm().is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -162,6 +162,18 @@ pub fn tree_rss_mib(pid: u32) -> Option<f64> {
     Some(total as f64 / 1024.0)
 }
 
+/// CPU time (user and system) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the parenthesised command name, utime and stime are the 12th
+    // and 13th fields (fields 14 and 15 of the line), in clock ticks.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(std::time::Duration::from_millis(ticks * 1000 / hz.max(1)))
+}
+
 fn parent_pid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.

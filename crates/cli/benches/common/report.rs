@@ -25,6 +25,8 @@ pub enum Better {
 pub enum Bound {
     AtMost(f64),
     AtLeast(f64),
+    /// From the first to the second, inclusive.
+    Between(f64, f64),
     /// At least this many times the reference: its median when it was
     /// measured in the same run (side by side), else its published figure.
     TimesReference(f64),
@@ -37,6 +39,7 @@ impl Bound {
         match self {
             Bound::AtMost(limit) => value <= limit,
             Bound::AtLeast(limit) => value >= limit,
+            Bound::Between(low, high) => (low..=high).contains(&value),
             Bound::TimesReference(k) => reference.is_some_and(|r| r > 0.0 && value >= k * r),
         }
     }

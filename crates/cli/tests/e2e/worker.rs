@@ -4,6 +4,7 @@
 //! [`Worker`] starts one worker process with the protocol's environment and
 //! kills it when dropped; the submodules group the tests by area.
 
+mod bounds;
 mod lifecycle;
 mod robustness;
 mod security;

@@ -184,10 +184,18 @@ impl ClientArgs {
                 self.count
             )));
         }
-        if !self.cost.is_finite() || self.cost < 0.0 {
+        if !(0.0..=nullworker_protocol::MAX_COST).contains(&self.cost) {
             return Err(UsageError(format!(
-                "--cost {} is invalid: expected a finite number >= 0",
-                self.cost
+                "--cost {:?} is invalid: expected a number from 0 to {:e}",
+                self.cost,
+                nullworker_protocol::MAX_COST
+            )));
+        }
+        if self.lifetime > nullworker_protocol::MAX_SESSION_LIFETIME {
+            return Err(UsageError(format!(
+                "--lifetime {} is invalid: expected at most {} seconds (30 days)",
+                self.lifetime,
+                nullworker_protocol::MAX_SESSION_LIFETIME
             )));
         }
         Ok(ClientConfig {
@@ -336,6 +344,8 @@ mod tests {
             (vec!["--count", "0"], "--count 0"),
             (vec!["--interval", "-1"], "--interval -1"),
             (vec!["--cost", "NaN"], "--cost NaN"),
+            (vec!["--cost", "1e308"], "--cost 1e308"),
+            (vec!["--lifetime", "2592001"], "--lifetime 2592001"),
             (vec!["--hold", "inf"], "--hold inf"),
             (vec!["--lifetime", "1"], "--lifetime 1"),
         ] {

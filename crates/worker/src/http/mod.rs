@@ -96,14 +96,37 @@ pub fn show(value: &Value) -> String {
     text
 }
 
-/// Largest body drained (read and discarded) before answering 413, so that
-/// the client, still sending, gets the answer instead of a broken pipe.
+/// Largest body drained (read and discarded) after a 413, so that a
+/// client still sending gets the answer instead of a connection reset.
 const DRAIN_MAX: u64 = 16 * 1024 * 1024;
+
+/// Reads and discards the rest of a refused body in the background (at most
+/// [`DRAIN_MAX`] bytes, within [`BODY_TIMEOUT`]); the answer goes out at once.
+fn drain_in_background(mut body: Body, already: u64) {
+    tokio::spawn(async move {
+        let drain = async {
+            let mut total = already;
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Ok(data) = frame.into_data() {
+                    total += data.len() as u64;
+                    if total > DRAIN_MAX {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(BODY_TIMEOUT, drain).await;
+    });
+}
 
 /// Reads the whole body (at most `limit` bytes) and parses it as JSON.
 ///
-/// 413 over the cap, 408 when it does not arrive in time, 400 when the
-/// connection breaks, 422 `{"error": "invalid JSON"}` when it does not parse.
+/// A declared `Content-Length` over `limit` is answered 413 at once, before
+/// any of the body is read; a chunked body is read until it passes `limit`.
+/// In both cases the rest is drained in the background so the client sees
+/// the answer. 408 when the body does not arrive within [`BODY_TIMEOUT`],
+/// 400 when the connection breaks, 422 `{"error": "invalid JSON"}` when it
+/// does not parse.
 #[allow(clippy::result_large_err)]
 pub async fn read_json(req: Request, limit: usize) -> Result<Value, Response> {
     let too_large = || {
@@ -117,40 +140,24 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, Response> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > DRAIN_MAX) {
+    let mut body = req.into_body();
+    if declared.is_some_and(|length| length > limit as u64) {
+        drain_in_background(body, 0);
         return Err(too_large());
     }
-    let mut body = req.into_body();
     let read = async {
-        let mut first: Option<Bytes> = None;
-        let mut rest: Vec<u8> = Vec::new();
-        let mut total: u64 = 0;
+        // The declared length is at most `limit` here.
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(frame) = body.frame().await {
-            let frame = frame?;
-            let Ok(data) = frame.into_data() else {
+            let Ok(data) = frame?.into_data() else {
                 continue;
             };
-            total += data.len() as u64;
-            if total > DRAIN_MAX {
-                break;
+            if bytes.len() + data.len() > limit {
+                return Ok(Err((bytes.len() + data.len()) as u64));
             }
-            if total > limit as u64 {
-                first = None;
-                rest = Vec::new();
-                continue;
-            }
-            match &first {
-                None if rest.is_empty() => first = Some(data),
-                _ => {
-                    if let Some(chunk) = first.take() {
-                        rest.extend_from_slice(&chunk);
-                    }
-                    rest.extend_from_slice(&data);
-                }
-            }
+            bytes.extend_from_slice(&data);
         }
-        let bytes = first.unwrap_or_else(|| Bytes::from(rest));
-        Ok::<_, axum::Error>((total, bytes))
+        Ok::<_, axum::Error>(Ok(bytes))
     };
     let bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Err(_) => {
@@ -168,8 +175,11 @@ pub async fn read_json(req: Request, limit: usize) -> Result<Value, Response> {
                 format!("request body could not be read: {err}"),
             ))
         }
-        Ok(Ok((total, _))) if total > limit as u64 => return Err(too_large()),
-        Ok(Ok((_, bytes))) => bytes,
+        Ok(Ok(Err(read_so_far))) => {
+            drain_in_background(body, read_so_far);
+            return Err(too_large());
+        }
+        Ok(Ok(Ok(bytes))) => bytes,
     };
     serde_json::from_slice(&bytes)
         .map_err(|_| error(StatusCode::UNPROCESSABLE_ENTITY, "invalid JSON"))

@@ -6,7 +6,10 @@
 //! them; malformed input the reference answered with a 500 (or half-stored)
 //! is answered 422 naming the field, with nothing stored. `/session/create`
 //! verifies the signature (Q1 hardened) and, by default, that `auth_data.url`
-//! is this worker (Q2 hardened).
+//! is this worker (Q2 hardened). A request that fails authentication has no
+//! effect at all: no session is extended and nothing is counted (Q6
+//! hardened). `cost` and `lifetime` are bounded ([`MAX_COST`],
+//! [`MAX_SESSION_LIFETIME`]) so every number the worker reports is finite.
 
 // Early returns carry a ready `Response` as their error: that is the point
 // of those helpers, and they run once per request, so the size is moot.
@@ -19,7 +22,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use nullworker_protocol::{
-    AuthData, DeleteRequestStatus, OkResponse, SessionCreateResponse, SessionEndResponse,
+    AuthData, DeleteRequestStatus, OkResponse, SessionCreateResponse, SessionEndResponse, MAX_COST,
+    MAX_SESSION_LIFETIME,
 };
 use serde_json::{json, Map, Value};
 
@@ -118,32 +122,40 @@ pub async fn ping(State(app): State<Arc<App>>, req: Request) -> Response {
     };
     let request_idx = u64_field(auth_data.get("request_idx")).unwrap_or_default();
 
-    // Step 4: the session exists; extend it before anything else (Q6).
+    // Step 4: the session exists (410 otherwise, before the signature check
+    // as in the reference).
     let session = match session_id {
         None => None,
-        Some(id) => match app.sessions.get_and_extend(id) {
+        Some(id) => match app.sessions.get(id) {
             Some(session) => Some(session),
             None => return error(StatusCode::GONE, "invalid session"),
         },
     };
-    let now = app.clock.now_epoch();
-    let reject = |status: StatusCode| {
-        match &session {
-            Some(_) => app.metrics.in_session_rejected(PING_WORKLOAD),
-            None => app.metrics.rejected(request_idx, PING_WORKLOAD, now),
-        }
-        empty(status)
-    };
 
-    // Step 5: signature (and our own URL).
+    // Step 5: signature (and our own URL). A request that fails
+    // authentication has no effect at all (Q6 hardened): it extends no
+    // session and is not counted, so a peer without credentials can neither
+    // pin a worker nor move the load it reports.
     if let Err(err) = app.check_auth(auth_data) {
         tracing::debug!(error = %err, "ping refused");
-        return reject(StatusCode::UNAUTHORIZED);
+        return empty(StatusCode::UNAUTHORIZED);
+    }
+    // Authenticated: the session is extended by one lifetime even if the
+    // request is then refused (Q6, additive, capped from now).
+    if let Some(session) = &session {
+        app.sessions.extend(session, &app.clock);
     }
     // Step 6: admission by estimated queue time.
     if app.metrics.wait_time() > PING_MAX_QUEUE_TIME {
-        return reject(StatusCode::TOO_MANY_REQUESTS);
+        match &session {
+            Some(_) => app.metrics.in_session_rejected(PING_WORKLOAD),
+            None => app
+                .metrics
+                .rejected(request_idx, PING_WORKLOAD, app.clock.now_epoch()),
+        }
+        return empty(StatusCode::TOO_MANY_REQUESTS);
     }
+    let now = app.clock.now_epoch();
 
     // Step 7: the work (trivial); a session closing meanwhile cuts the request.
     match session {
@@ -202,10 +214,10 @@ fn parse_create(app: &App, body: &Value) -> Result<SessionSpec, Response> {
     let cost = match auth.get("cost") {
         None => nullworker_protocol::DEFAULT_COST,
         Some(value) => match value.as_f64() {
-            Some(cost) if cost.is_finite() && cost >= 0.0 => cost,
+            Some(cost) if (0.0..=MAX_COST).contains(&cost) => cost,
             _ => {
                 return Err(unprocessable(format!(
-                    "auth_data.cost: expected a non-negative number, got {}",
+                    "auth_data.cost: expected a number from 0 to {MAX_COST:e}, got {}",
                     show(value)
                 )))
             }
@@ -236,10 +248,11 @@ fn parse_create(app: &App, body: &Value) -> Result<SessionSpec, Response> {
     let lifetime = match payload.get("lifetime") {
         None => nullworker_protocol::DEFAULT_SESSION_LIFETIME,
         Some(value) => match value.as_f64() {
-            Some(l) if l.is_finite() && l > 0.0 => l,
+            Some(l) if l > 0.0 && l <= MAX_SESSION_LIFETIME => l,
             _ => {
                 return Err(unprocessable(format!(
-                    "payload.lifetime: expected a positive number of seconds, got {}",
+                    "payload.lifetime: expected a positive number of seconds up to \
+                     {MAX_SESSION_LIFETIME} (30 days), got {}",
                     show(value)
                 )))
             }
@@ -288,9 +301,8 @@ pub async fn session_create(State(app): State<Arc<App>>, req: Request) -> Respon
     };
     let auth = spec.auth_data.as_object().expect("validated as an object");
     if let Err(err) = app.check_auth(auth) {
+        // No effect at all, not even on the reported load (Q6 hardened).
         tracing::info!(error = %err, request_idx = spec.request_idx, "session create refused");
-        app.metrics
-            .rejected(spec.request_idx, spec.cost, app.clock.now_epoch());
         return error(StatusCode::UNAUTHORIZED, err.to_string());
     }
     let (request_idx, cost) = (spec.request_idx, spec.cost);

@@ -1,6 +1,7 @@
 //! A fake engine for worker tests: serves `GET /pubkey/` (the test key's PEM,
 //! or failures on demand), captures `/worker_status/` and `/delete_requests/`
-//! bodies, captures on-close callbacks on `/callback`, and serves a
+//! bodies (refusing, like an engine, the reports a test marks as invalid),
+//! captures on-close callbacks on `/callback`, and serves a
 //! `/health` whose status a test can change. Tests wait for a captured body
 //! matching a predicate, with a deadline.
 //!
@@ -58,8 +59,14 @@ pub fn primary_public_pem() -> String {
         .to_owned()
 }
 
+/// Which `/worker_status/` bodies the engine refuses with 400.
+type RefusePredicate = Box<dyn Fn(&Value) -> bool + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
+    /// Reports matching this are answered 400 and kept in `refused`.
+    refuse_status: Mutex<Option<RefusePredicate>>,
+    refused: Mutex<Vec<Value>>,
     pubkey_pem: String,
     /// Pubkey requests still to fail; negative = fail forever.
     pubkey_failures: AtomicI64,
@@ -91,9 +98,25 @@ async fn pubkey(State(shared): State<Arc<Shared>>) -> (StatusCode, String) {
     (StatusCode::OK, shared.pubkey_pem.clone())
 }
 
-async fn worker_status(State(shared): State<Arc<Shared>>, Json(body): Json<Value>) -> Json<Value> {
+async fn worker_status(
+    State(shared): State<Arc<Shared>>,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let refuse = shared
+        .refuse_status
+        .lock()
+        .unwrap()
+        .as_ref()
+        .is_some_and(|pred| pred(&body));
+    if refuse {
+        shared.refused.lock().unwrap().push(body);
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({"error_msg": "invalid worker status"})),
+        );
+    }
     shared.statuses.lock().unwrap().push(body);
-    Json(serde_json::json!({"ok": true}))
+    (StatusCode::OK, Json(serde_json::json!({"ok": true})))
 }
 
 async fn delete_requests(
@@ -173,7 +196,18 @@ impl FakeEngine {
         self.shared.health_requests.load(Ordering::SeqCst)
     }
 
-    /// Every `/worker_status/` body so far.
+    /// From now on, answers 400 to every `/worker_status/` body matching
+    /// `pred` (as an engine refuses an invalid report) instead of taking it.
+    pub fn refuse_statuses_when(&self, pred: impl Fn(&Value) -> bool + Send + Sync + 'static) {
+        *self.shared.refuse_status.lock().unwrap() = Some(Box::new(pred));
+    }
+
+    /// Every `/worker_status/` body refused so far.
+    pub fn refused_statuses(&self) -> Vec<Value> {
+        self.shared.refused.lock().unwrap().clone()
+    }
+
+    /// Every `/worker_status/` body taken so far.
     pub fn statuses(&self) -> Vec<Value> {
         self.shared.statuses.lock().unwrap().clone()
     }

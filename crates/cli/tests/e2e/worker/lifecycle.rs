@@ -1,9 +1,10 @@
 //! Start-up and shut-down: configuration errors (one line, exit 2, a beacon
 //! to the engine), readiness and health transitions, TLS with a self-signed
-//! certificate, graceful shutdown on SIGTERM/SIGINT, and busy polling
-//! that follows requests and stops when they stop.
+//! certificate, graceful shutdown on SIGTERM/SIGINT, and reports when quiet
+//! and after work. (The CPU time of busy polling and the heartbeat interval
+//! are benchmark figures, in benches/worker.rs.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -227,83 +228,6 @@ fn tls_with_a_self_signed_certificate() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
 
-/// CPU time (user and system) process `pid` has used so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
-    // Fields after the parenthesised command name start at field 3 (state);
-    // utime and stime are fields 14 and 15, in clock ticks.
-    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat has a command name") + 1..]
-        .split_whitespace()
-        .collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf only reads a system constant.
-    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
-/// CPU time worker `w` uses while `request` is sent every 20 ms for `secs`.
-fn cpu_while_requesting(w: &Worker, secs: u64, mut request: impl FnMut(u64)) -> Duration {
-    let pid = w.child.id();
-    let before = cpu_time(pid);
-    let started = Instant::now();
-    let mut n = 0;
-    while started.elapsed() < Duration::from_secs(secs) {
-        n += 1;
-        request(n);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    cpu_time(pid) - before
-}
-
-#[test]
-fn busy_polling_follows_requests_and_stops_when_they_stop() {
-    let engine = FakeEngine::start();
-    // A 100 ms window; no health checks after the first, so nothing but
-    // the test's own requests wakes the worker.
-    let w = Worker::start(
-        WorkerSpec::new(&engine)
-            .env("NULLWORKER_BUSY_POLL_US", "100000")
-            .env("NULLWORKER_HEALTH_INTERVAL", "3600"),
-    );
-    wait_ready(&engine);
-
-    // Signed requests 20 ms apart: each extends the window, so the worker
-    // polls the whole time instead of sleeping between them (a worker that
-    // sleeps uses a few tens of ms for these 100 requests).
-    let busy = cpu_while_requesting(&w, 2, |n| {
-        let body = json!({"auth_data": signed_auth(&w.url, n, 1), "payload": {}});
-        assert_eq!(w.post("/ping", &body).0, 200);
-    });
-    assert!(
-        busy >= Duration::from_millis(300),
-        "the worker used {busy:?} of CPU in 2 s of signed requests 20 ms apart; \
-         it should poll between them"
-    );
-
-    // Once the window after the last request has passed, it sleeps.
-    std::thread::sleep(Duration::from_millis(300));
-    let quiet = cpu_while_requesting(&w, 1, |_| {});
-    assert!(
-        quiet <= Duration::from_millis(100),
-        "the worker used {quiet:?} of CPU in a quiet second; it should sleep"
-    );
-
-    // Requests without credentials are answered but open no window.
-    let refused = cpu_while_requesting(&w, 1, |n| {
-        let mut auth = signed_auth(&w.url, n, 1);
-        auth["signature"] = json!("forged");
-        let body = json!({"auth_data": auth, "payload": {}});
-        assert_eq!(w.post("/ping", &body).0, 401);
-        let unknown = json!({"session_id": "AAAAAAAAAAAAA", "session_auth": {}});
-        assert_eq!(w.post("/session/health", &unknown).0, 200);
-    });
-    assert!(
-        refused <= Duration::from_millis(200),
-        "the worker used {refused:?} of CPU in a second of refused requests; \
-         they must not make it poll"
-    );
-}
-
 #[test]
 fn sigterm_closes_sessions_reports_and_exits_0() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
@@ -346,30 +270,19 @@ fn sigterm_closes_sessions_reports_and_exits_0() {
 }
 
 #[test]
-fn reports_heartbeat_every_ten_seconds_and_follow_work_within_a_tick() {
-    // §10.1: a quiet worker reports about every 10 s (not on every 1 s tick);
-    // work is reported at the next tick.
+fn reports_heartbeat_when_quiet_and_follow_work() {
+    // §10.1: a quiet worker still reports (a heartbeat, about every 10 s);
+    // work is reported at the next tick. (The interval itself is a
+    // benchmark figure: `heartbeat_s` in benches/worker.rs.)
     let engine = FakeEngine::start();
     let w = Worker::start(WorkerSpec::new(&engine));
     wait_ready(&engine);
-    let next_report = |after: usize, what: &str| {
-        crate::common::process::wait_for(what, Duration::from_secs(30), || {
-            (engine.statuses().len() > after).then(std::time::Instant::now)
-        })
-    };
-    let quiet = std::time::Instant::now();
-    let first = next_report(engine.statuses().len(), "a heartbeat");
-    let second = next_report(engine.statuses().len(), "a second heartbeat");
-    let gap = second - first;
-    assert!(
-        gap >= Duration::from_secs(9) && gap <= Duration::from_secs(14),
-        "heartbeats {gap:?} apart"
-    );
-    assert!(first - quiet <= Duration::from_secs(14));
-
-    // A plain /ping: admitted, completed, reported at the next tick.
     let n = engine.statuses().len();
-    let sent = std::time::Instant::now();
+    let heartbeat = engine.wait_status_after(n, "a heartbeat", Duration::from_secs(30), |_| true);
+    assert_eq!(heartbeat["cur_perf"], json!(0.0), "{heartbeat}");
+
+    // A plain /ping: admitted, completed, reported.
+    let n = engine.statuses().len();
     let (status, _) = w.post(
         "/ping",
         &json!({"auth_data": signed_auth(&w.url, 31, 100), "session_id": null, "payload": {}}),
@@ -378,11 +291,6 @@ fn reports_heartbeat_every_ten_seconds_and_follow_work_within_a_tick() {
     let report = engine.wait_status_after(n, "the ping in a report", SOON, |s| {
         s["cur_perf"] == json!(100.0)
     });
-    assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "reported {:?} after the work, not at the next tick",
-        sent.elapsed()
-    );
     assert_eq!(report["new_load"], json!(100.0), "{report}");
     assert_eq!(report["cur_load"], json!(0.0), "{report}");
     assert_eq!(report["num_requests_recieved"], json!(1), "{report}");

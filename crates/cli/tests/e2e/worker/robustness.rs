@@ -274,3 +274,143 @@ fn slow_clients_do_not_block_others() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     drop(stalled_headers);
 }
+
+/// Reads from `stream` until it closes (or `limit` passes); returns what it sent.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> Result<String, String> {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(String::from_utf8_lossy(&all).into_owned()),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            // A reset also ends the connection.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Ok(String::from_utf8_lossy(&all).into_owned())
+            }
+            Err(e) => return Err(format!("still open ({e}) after {limit:?}")),
+        }
+    }
+}
+
+#[test]
+fn a_declared_oversized_body_is_refused_before_it_is_sent() {
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine));
+    wait_ready(&engine);
+    // Headers only: the 413 must not wait for a body that never comes
+    // (before: the worker waited for it and answered 408 after 10 s).
+    let mut stream = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    stream
+        .write_all(
+            b"POST /session/create HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 2000000\r\n\r\n",
+        )
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = stream.read(&mut buf).unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than 1048576 bytes"), "{answer}");
+    // A client that does send its body (and only then reads) gets the 413
+    // too, instead of a reset.
+    let (status, _) = w.post_raw("/ping", "x".repeat(1_100_000));
+    assert_eq!(status, 413);
+}
+
+#[test]
+fn idle_and_trickling_connections_are_cut() {
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine));
+    wait_ready(&engine);
+    let port = w.port;
+    let limit = Duration::from_secs(40);
+    // Nothing sent at all.
+    let silent = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        read_until_closed(&mut s, limit)
+    });
+    // One request answered, then idle on a kept-alive connection.
+    let ping = json!({"auth_data": signed_auth(&w.url, 1, 100), "payload": {}}).to_string();
+    let idle = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let request = format!(
+            "POST /ping HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{ping}",
+            ping.len()
+        );
+        s.write_all(request.as_bytes()).unwrap();
+        read_until_closed(&mut s, limit)
+    });
+    // Headers trickled a byte every 500 ms, forever.
+    let trickle = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_nonblocking(false).unwrap();
+        let started = std::time::Instant::now();
+        for byte in b"POST /ping HTTP/1.1\r\nX-Slow: "
+            .iter()
+            .chain(std::iter::repeat(&b'a'))
+        {
+            if s.write_all(&[*byte]).is_err() {
+                return Ok(String::new());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            if started.elapsed() > limit {
+                return Err(format!("still open after {limit:?}"));
+            }
+        }
+        unreachable!("the byte source is endless")
+    });
+    assert_eq!(
+        silent.join().unwrap(),
+        Ok(String::new()),
+        "silent connection"
+    );
+    let answered = idle.join().unwrap().expect("idle connection");
+    assert!(answered.starts_with("HTTP/1.1 200"), "{answered}");
+    trickle.join().unwrap().expect("trickling connection");
+}
+
+#[test]
+fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let engine = FakeEngine::start();
+    let w = Worker::start(WorkerSpec::new(&engine).env("NULLWORKER_MAX_CONNECTIONS", "3"));
+    wait_ready(&engine);
+    let holders: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+            s.write_all(b"POST /ping HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // The kernel completes the handshake, but the worker does not take the
+    // fourth connection while three are open.
+    let ping = json!({"auth_data": signed_auth(&w.url, 1, 100), "payload": {}}).to_string();
+    let mut waiting = TcpStream::connect(("127.0.0.1", w.port)).unwrap();
+    let request = format!(
+        "POST /ping HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{ping}",
+        ping.len()
+    );
+    waiting.write_all(request.as_bytes()).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let early = waiting.read(&mut buf);
+    assert!(
+        early.is_err(),
+        "answered beyond the cap: {:?}",
+        early.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    );
+    // The control server has a cap of its own: the consumer still gets through.
+    let (status, _) = w.release();
+    assert_eq!(status, 200);
+    // The holders leave: the waiting connection is taken and answered.
+    drop(holders);
+    let answer = read_until_closed(&mut waiting, Duration::from_secs(10)).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

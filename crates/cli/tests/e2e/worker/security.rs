@@ -43,11 +43,28 @@ fn bad_signatures_are_refused_on_ping_and_create() {
         assert_eq!(status, 401, "create with {bad}: {text}");
         assert!(text.contains("error"), "{text}");
     }
-    // Nothing was stored: the one slot is still free.
+    // Nothing was stored: the one slot is still free. Nor counted: a
+    // request that fails authentication has no effect at all (Q6 hardened).
     w.open(2, 30.0, json!({}));
-    engine.wait_status("rejected load reported", SOON, |s| {
-        s["rej_load"].as_f64() >= Some(300.0)
+    engine.wait_status("the session reported", SOON, |s| {
+        s["working_request_idxs"] == json!([2])
     });
+    assert!(
+        engine
+            .statuses()
+            .iter()
+            .all(|s| s["rej_load"].as_f64() == Some(0.0)),
+        "{:?}",
+        engine.statuses()
+    );
+    assert!(
+        engine
+            .delete_records()
+            .iter()
+            .all(|r| r["status"] != json!("Rejected")),
+        "{:?}",
+        engine.delete_records()
+    );
 }
 
 #[test]

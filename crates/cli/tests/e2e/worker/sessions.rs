@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{epoch_now, signed_auth, wait_ready, Worker, WorkerSpec, SOON};
-use crate::common::fake_engine::{other_key, FakeEngine};
+use crate::common::fake_engine::FakeEngine;
 
 #[test]
 fn session_lifecycle_and_reports() {
@@ -182,69 +182,6 @@ fn session_lifecycle_and_reports() {
 
     // Free again: a new reservation succeeds.
     w.open(9, 30.0, json!({}));
-}
-
-#[test]
-fn a_refused_request_in_a_session_still_extends_it() {
-    // Quirk Q6 (wire): the extension happens before the signature and queue
-    // checks, so a request the worker then refuses extends the session too.
-    let engine = FakeEngine::start();
-    let w = Worker::start(WorkerSpec::new(&engine));
-    wait_ready(&engine);
-    let (id, auth) = w.open(21, 30.0, json!({}));
-    let expiration = |w: &Worker| {
-        let (status, text) = w.post(
-            "/session/get",
-            &json!({"session_id": id, "session_auth": auth}),
-        );
-        assert_eq!(status, 200, "{text}");
-        serde_json::from_str::<Value>(&text).unwrap()["expiration"]
-            .as_f64()
-            .unwrap()
-    };
-    let first = expiration(&w);
-
-    let mut forged = auth.clone();
-    forged["signature"] = json!(other_key().sign_url(&w.url));
-    let (status, text) = w.post(
-        "/ping",
-        &json!({"auth_data": forged, "session_id": id, "payload": {}}),
-    );
-    assert_eq!((status, text.as_str()), (401, ""));
-    let extended = expiration(&w);
-    assert!(
-        (extended - (first + 30.0)).abs() < 1e-6,
-        "expiration {first} -> {extended}, expected +30"
-    );
-    // An unknown session id is 410 and extends nothing.
-    let (status, _) = w.post(
-        "/ping",
-        &json!({"auth_data": auth, "session_id": "AAAAAAAAAAAAA", "payload": {}}),
-    );
-    assert_eq!(status, 410);
-    assert_eq!(expiration(&w), extended);
-
-    // The refusal is rejected load, but in-session requests are not tracked:
-    // no delete record and no received request beyond the reservation (§9.6).
-    let report = engine.wait_status("the refused ping in a report", SOON, |s| {
-        s["rej_load"] == json!(100.0)
-    });
-    assert_eq!(report["num_requests_recieved"], json!(1), "{report}");
-    assert_eq!(report["working_request_idxs"], json!([21]), "{report}");
-    let (status, _) = w.post(
-        "/session/end",
-        &json!({"session_id": id, "session_auth": auth}),
-    );
-    assert_eq!(status, 200);
-    engine.wait_delete("the session's Success record", SOON, |r| {
-        r["request_idx"] == json!(21) && r["status"] == json!("Success")
-    });
-    assert_eq!(
-        engine.delete_records().len(),
-        1,
-        "{:?}",
-        engine.delete_records()
-    );
 }
 
 #[test]
