@@ -38,9 +38,10 @@ use crate::state::random_key;
 
 type Ctx = State<Arc<Core>>;
 
-/// Largest accepted `/route/` `cost` (the policy's load cap): sums of
-/// costs stay finite and exact enough, on the engine and on the worker.
-pub const MAX_COST: f64 = crate::policy::MAX_LOAD;
+/// Largest accepted `/route/` `cost`: the worker's own bound (a session
+/// of a larger cost would get READY here and 422 at the worker), well under
+/// the policy's load cap, so sums of costs stay finite and exact.
+pub const MAX_COST: f64 = nullworker_protocol::MAX_COST;
 
 /// Workers read per hold of the registry lock by the listing endpoints.
 pub const PAGE: usize = 256;
@@ -1283,9 +1284,9 @@ mod tests {
         for (cost, ok) in [
             (json!(0), true),
             (json!(100.5), true),
-            (json!(1e12), true),
+            (json!(1e9), true),
             (json!(1e308), false),
-            (json!(1.0e13), false),
+            (json!(1.0e9 + 1.0), false),
             (json!(-1), false),
             (json!("5"), false),
         ] {
@@ -1294,7 +1295,7 @@ mod tests {
             assert_eq!(got.is_ok(), ok, "{cost}: {got:?}");
             if let Err(msg) = got {
                 assert!(
-                    msg.starts_with("cost: expected a number from 0 to 1e12"),
+                    msg.starts_with("cost: expected a number from 0 to 1e9"),
                     "{msg}"
                 );
             }
