@@ -50,6 +50,16 @@ pub struct EngineArgs {
     /// Refuse reports from workers the engine did not launch.
     #[arg(long)]
     pub strict: bool,
+    /// Seconds a client has to send a request's headers, from when its
+    /// connection opens or from its previous answer (an idle keep-alive
+    /// connection is closed after it).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Open HTTP connections at most; at the cap the connection idle the
+    /// longest is closed for a new one. Default: half the file-descriptor
+    /// limit, at most 8192.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 impl EngineArgs {
@@ -79,6 +89,17 @@ impl EngineArgs {
         config.stale_after = self.stale_after;
         config.scale_down_delay = self.scale_down_delay;
         config.strict = self.strict;
+        if !(self.header_timeout.is_finite()
+            && self.header_timeout > 0.0
+            && self.header_timeout <= 3600.0)
+        {
+            return Err(EngineError::Config(format!(
+                "--header-timeout {}: expected seconds above 0, at most 3600",
+                self.header_timeout
+            )));
+        }
+        config.serve.header_timeout = Duration::from_secs_f64(self.header_timeout);
+        config.serve.max_connections = self.max_connections;
         config.validate()?;
         Ok(config)
     }

@@ -76,6 +76,9 @@ pub struct EngineConfig {
     /// How long `/route/` may hold a WAITING answer while a worker may
     /// become ready (0 answers at once).
     pub route_hold: Duration,
+    /// Limits of the HTTP server (header and request timeouts, connection
+    /// cap, body size).
+    pub serve: crate::serve::ServeLimits,
 }
 
 impl EngineConfig {
@@ -93,6 +96,7 @@ impl EngineConfig {
             stale_after: 30.0,
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,
+            serve: crate::serve::ServeLimits::default(),
         })
     }
 
@@ -140,6 +144,19 @@ impl EngineConfig {
             return Err(EngineError::Config(format!(
                 "scale_down_delay {}: expected a non-negative number of seconds",
                 self.scale_down_delay
+            )));
+        }
+        let serve = &self.serve;
+        if serve.header_timeout.is_zero() || serve.request_timeout.is_zero() {
+            return Err(EngineError::Config(format!(
+                "header timeout {:?}, request timeout {:?}: expected positive durations",
+                serve.header_timeout, serve.request_timeout
+            )));
+        }
+        if serve.max_connections == Some(0) || serve.max_body == 0 {
+            return Err(EngineError::Config(format!(
+                "max connections {:?}, max body {}: expected at least 1",
+                serve.max_connections, serve.max_body
             )));
         }
         Ok(())

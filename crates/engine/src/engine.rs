@@ -165,13 +165,11 @@ impl Engine {
         // The state lock lives as long as the HTTP server task.
         let router = crate::api::router(core.clone());
         let shutdown = core.shutdown.clone();
+        let limits = core.config.serve;
+        let connections = core.tasks.clone();
         core.tasks.spawn(async move {
             let _lock = lock;
-            let serve =
-                axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "HTTP server failed");
-            }
+            crate::serve::serve(listener, router, limits, shutdown, connections).await;
         });
         core.tasks.spawn(watch_exits(core.clone(), exits_rx));
         core.tasks.spawn(crate::scaler::run(core.clone()));

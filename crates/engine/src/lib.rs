@@ -5,7 +5,8 @@
 //! Layers, each depending only on those below it:
 //!
 //! * [`engine`] — the composition root: starts and stops everything.
-//! * [`api`] (the HTTP surface, errors in [`http_error`]) and [`scaler`]
+//! * [`api`] (the HTTP surface, errors in [`http_error`], served with its
+//!   connection limits by [`serve`]) and [`scaler`]
 //!   (the autoscaler loop) — both feed events to the context.
 //! * [`context`] — the shared [`context::Core`]: the registry behind one
 //!   mutex, and the drivers of its effects (spawner thread, [`store`]
@@ -31,6 +32,7 @@ pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod scaler;
+pub mod serve;
 pub mod signer;
 pub mod state;
 pub mod store;

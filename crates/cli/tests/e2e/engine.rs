@@ -714,3 +714,45 @@ fn engine_endpoint_cli_creates_lists_and_shows_workers_and_logs() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("account key"));
 }
+
+#[test]
+fn engine_serves_pubkey_while_trickling_connections_hold_its_descriptors() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = EngineGuard::start_with_fd_limit(
+        &tmp.path().join("state"),
+        &["--account-key", ACCOUNT_KEY],
+        Some(256),
+    );
+    let addr = engine.url.trim_start_matches("http://").to_owned();
+    // More half-sent requests than the engine has descriptors.
+    let mut trickling = Vec::new();
+    for _ in 0..366 {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.write_all(b"GET /pubkey/ HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        trickling.push(s);
+    }
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let pem = quick
+            .get(format!("{}/pubkey/", engine.url))
+            .send()
+            .expect("/pubkey/ answers while the connections are held")
+            .text()
+            .unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    }
+    // A declared body over the limit is refused before it is sent.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /worker_status/ HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer without the body");
+    assert_eq!(&head, b"HTTP/1.1 413");
+    drop(trickling);
+}

@@ -57,7 +57,29 @@ impl EngineGuard {
 
     /// An engine on `state_dir` with extra arguments (e.g. `--account-key`).
     pub fn start_in(state_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_fd_limit(state_dir, args, None)
+    }
+
+    /// Like [`start_in`](Self::start_in), the engine limited to `nofile`
+    /// open file descriptors (soft and hard) when given.
+    pub fn start_with_fd_limit(state_dir: &Path, args: &[&str], nofile: Option<u64>) -> Self {
         let mut cmd = nullworker();
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.arg("engine")
             .arg("--listen")
             .arg("127.0.0.1:0")
