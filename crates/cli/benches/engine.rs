@@ -332,6 +332,8 @@ impl SpawnedEngine {
             // Simulated workers report once; they must stay routable.
             .arg("--stale-after")
             .arg("86400")
+            // SIGTERM at the end stops its workers (and they die with it).
+            .arg("--stop-workers-on-exit")
             .current_dir(dir.path());
         let guard = ChildGuard::spawn(cmd, log)?;
         let mut engine = SpawnedEngine {
@@ -412,7 +414,8 @@ impl SpawnedEngine {
 
 impl Drop for SpawnedEngine {
     fn drop(&mut self) {
-        // The engine stops the workers it launched when it receives SIGTERM.
+        // With --stop-workers-on-exit, the engine stops the workers it
+        // launched when it receives SIGTERM.
         self.guard.terminate(Duration::from_secs(15));
     }
 }

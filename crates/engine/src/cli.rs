@@ -55,6 +55,13 @@ pub struct EngineArgs {
     /// connection is closed after it).
     #[arg(long, default_value_t = 10.0)]
     pub header_timeout: f64,
+    /// Stop every worker when the engine exits on SIGTERM, and tie workers
+    /// to the engine's life (they get SIGTERM if it dies). Default: workers
+    /// outlive the engine on SIGTERM, SIGKILL or a crash, and the next
+    /// engine on the state directory re-adopts them (SIGINT, Ctrl-C, always
+    /// stops them).
+    #[arg(long)]
+    pub stop_workers_on_exit: bool,
     /// Open HTTP connections at most; at the cap the connection idle the
     /// longest is closed for a new one. Default: half the file-descriptor
     /// limit, at most 8192.
@@ -100,12 +107,15 @@ impl EngineArgs {
         }
         config.serve.header_timeout = Duration::from_secs_f64(self.header_timeout);
         config.serve.max_connections = self.max_connections;
+        config.workers_outlive_engine = !self.stop_workers_on_exit;
         config.validate()?;
         Ok(config)
     }
 }
 
-/// Runs the engine until SIGTERM/SIGINT, then stops every worker.
+/// Runs the engine until a signal: on SIGTERM it exits leaving its workers
+/// running for the next engine to re-adopt (unless
+/// `--stop-workers-on-exit`); on SIGINT (Ctrl-C) it stops every worker.
 pub async fn run_engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
     let config = match args.config() {
         Ok(c) => c,
@@ -124,12 +134,22 @@ pub async fn run_engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
     println!("nullworker engine: listening on {}", handle.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-        () = handle.stopped() => {}
+    let stop_workers = tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received; stopping");
+            args.stop_workers_on_exit
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received; stopping the engine and its workers");
+            true
+        }
+        () = handle.stopped() => true,
+    };
+    if stop_workers {
+        handle.shutdown().await;
+    } else {
+        handle.leave().await;
     }
-    handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,6 +76,11 @@ pub struct EngineConfig {
     /// How long `/route/` may hold a WAITING answer while a worker may
     /// become ready (0 answers at once).
     pub route_hold: Duration,
+    /// Workers keep running when the engine exits or dies, and the next
+    /// engine on the state directory re-adopts them (`nullworker engine`);
+    /// else they are stopped with it and get a parent-death signal
+    /// (embedding programs: demos, tests, benchmarks).
+    pub workers_outlive_engine: bool,
     /// Limits of the HTTP server (header and request timeouts, connection
     /// cap, body size).
     pub serve: crate::serve::ServeLimits,
@@ -96,6 +101,7 @@ impl EngineConfig {
             stale_after: 30.0,
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,
+            workers_outlive_engine: false,
             serve: crate::serve::ServeLimits::default(),
         })
     }

@@ -413,19 +413,53 @@ impl Db {
         Ok(max.unwrap_or(0).max(seq.unwrap_or(0)))
     }
 
-    /// Marks every worker not ended yet as ended (used at start: none of the
-    /// previous run's workers survive it).
-    pub fn end_all_workers(&self, now: f64, reason: &str) -> Result<Vec<i64>, DbError> {
-        let conn = self.conn();
-        let ids: Vec<i64> = conn
+    /// Marks every worker not ended yet as ended, but those in `keep` (used
+    /// at start: only the re-adopted workers of the previous run live on).
+    pub fn end_all_workers(
+        &self,
+        now: f64,
+        reason: &str,
+        keep: &[i64],
+    ) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = tx
             .prepare("SELECT id FROM workers WHERE ended_at IS NULL")?
             .query_map([], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        conn.execute(
-            "UPDATE workers SET ended_at = ?1, last_state = 'DESTROYING', reason = COALESCE(reason, ?2) WHERE ended_at IS NULL",
-            params![now, reason],
-        )?;
+            .collect::<Result<Vec<i64>, _>>()?
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in &ids {
+            tx.execute(
+                "UPDATE workers SET ended_at = ?1, last_state = 'DESTROYING', reason = COALESCE(reason, ?2) WHERE id = ?3",
+                params![now, reason, id],
+            )?;
+        }
+        tx.commit()?;
         Ok(ids)
+    }
+
+    /// One worker's history row.
+    pub fn worker(&self, worker_id: i64) -> Result<Option<WorkerHistory>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, endpoint_id, created_at, ended_at, url, last_state, reason FROM workers WHERE id = ?1",
+                params![worker_id],
+                |row| {
+                    Ok(WorkerHistory {
+                        id: row.get(0)?,
+                        endpoint_id: row.get(1)?,
+                        created_at: row.get(2)?,
+                        ended_at: row.get(3)?,
+                        url: row.get(4)?,
+                        last_state: row.get(5)?,
+                        reason: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// The most recent `limit` workers of an endpoint, newest first.
@@ -502,17 +536,22 @@ mod tests {
         let w = db.insert_worker(ep.id, 3.0).unwrap();
         db.update_worker(w, "IDLE", Some("http://x"), None, None)
             .unwrap();
+        let adopted = db.insert_worker(ep.id, 3.5).unwrap();
         drop(db);
         let db = Db::open(&path).unwrap();
         let eps = db.endpoints().unwrap();
         assert_eq!(eps, vec![ep.clone()]);
         assert_eq!(
-            db.end_all_workers(4.0, "engine restarted").unwrap(),
+            db.end_all_workers(4.0, "engine restarted", &[adopted])
+                .unwrap(),
             vec![w]
         );
         let hist = db.worker_history(ep.id, 10).unwrap();
-        assert_eq!(hist[0].url.as_deref(), Some("http://x"));
-        assert_eq!(hist[0].ended_at, Some(4.0));
+        assert_eq!(hist[1].url.as_deref(), Some("http://x"));
+        assert_eq!(hist[1].ended_at, Some(4.0));
+        // A re-adopted worker lives on.
+        assert_eq!(db.worker(adopted).unwrap().unwrap().ended_at, None);
+        assert_eq!(db.worker(999).unwrap(), None);
         assert!(db.delete_endpoint(ep.id).unwrap());
         assert!(db.endpoints().unwrap().is_empty());
     }

@@ -20,7 +20,7 @@ use crate::registry::{Event, Registry, RegistryConfig};
 use crate::signer::UrlSigner;
 use crate::state::StateDir;
 use crate::store::Store;
-use crate::supervisor::{reap_stale, ExitEvent, Launcher, Supervisor};
+use crate::supervisor::{self, ExitEvent, Launcher, ProcessRecord, Supervisor};
 
 /// One live worker as [`EngineHandle::workers`] lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,6 +84,7 @@ impl Engine {
                 report_url,
                 config.stop_grace,
                 exits,
+                config.workers_outlive_engine,
             ))
         });
         Self::start_with(config, listener, factory).await
@@ -110,16 +111,38 @@ impl Engine {
         } = tokio::task::spawn_blocking(move || StateDir::open(&cfg))
             .await
             .map_err(|e| EngineError::Config(format!("state directory task failed: {e}")))??;
-        let killed = reap_stale(&config.state_dir).await;
-        if killed > 0 {
-            tracing::warn!(killed, "stopped worker processes left by a previous engine");
-        }
         let db_fail = |e: crate::db::DbError| EngineError::Database {
             path: config.db_path(),
             reason: e.to_string(),
         };
-        let _ = db.end_all_workers(clock.now(), "engine restarted");
         let endpoints = db.endpoints().map_err(db_fail)?;
+        // Workers of a previous engine that still run are re-adopted if
+        // their endpoint still exists and their history row is not ended;
+        // what is left of the others is stopped.
+        let survey = supervisor::survey(&config.state_dir).await;
+        let mut adopt: Vec<(i64, ProcessRecord)> = Vec::new();
+        let mut orphans = Vec::new();
+        for record in survey.running {
+            let owner = db
+                .worker(record.worker_id)
+                .map_err(db_fail)?
+                .filter(|row| row.ended_at.is_none())
+                .map(|row| row.endpoint_id)
+                .filter(|ep| endpoints.iter().any(|e| e.id == *ep));
+            match owner {
+                Some(endpoint_id) => adopt.push((endpoint_id, record)),
+                None => orphans.push(record),
+            }
+        }
+        let stopped = survey.stopped + supervisor::stop_recorded(&config.state_dir, &orphans).await;
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "stopped process groups left by a previous engine that no worker owns"
+            );
+        }
+        let keep: Vec<i64> = adopt.iter().map(|(_, r)| r.worker_id).collect();
+        let _ = db.end_all_workers(clock.now(), "engine restarted", &keep);
         let last_worker_id = db.max_worker_id().map_err(db_fail)?;
         // The store thread ends once the last handle is dropped, after
         // committing what was queued.
@@ -150,6 +173,33 @@ impl Engine {
         let mut kicks = Vec::new();
         for stored in endpoints {
             kicks.extend(registry.apply(Event::EndpointCreated(stored), t).effects);
+        }
+        for (endpoint_id, record) in adopt {
+            match launcher.adopt(&record) {
+                Ok(spawned) => {
+                    let adopted = Event::Adopted {
+                        endpoint_id,
+                        worker_id: record.worker_id,
+                        mtoken: record.mtoken.clone(),
+                        spawned,
+                    };
+                    kicks.extend(registry.apply(adopted, t).effects);
+                }
+                Err(err) => {
+                    tracing::warn!(worker = record.worker_id, %err, "cannot re-adopt a worker; stopping what is left of it");
+                    supervisor::stop_recorded(&config.state_dir, std::slice::from_ref(&record))
+                        .await;
+                    kicks.push(crate::registry::Effect::Store(
+                        crate::store::StoreOp::UpdateWorker {
+                            id: record.worker_id,
+                            state: "DESTROYING",
+                            url: None,
+                            reason: Some("engine restarted".into()),
+                            ended_at: Some(t),
+                        },
+                    ));
+                }
+            }
         }
         let core = Core::new(CoreParts {
             config,
@@ -232,6 +282,27 @@ impl EngineHandle {
     /// Resolves when the engine is asked to stop.
     pub async fn stopped(&self) {
         self.core.shutdown.cancelled().await;
+    }
+
+    /// Stops serving and exits, leaving the workers running for the next
+    /// engine on the state directory to re-adopt (stops in progress finish;
+    /// no new launch starts). With workers tied to the engine
+    /// ([`EngineConfig::workers_outlive_engine`] unset) this is
+    /// [`EngineHandle::shutdown`].
+    pub async fn leave(self) {
+        if !self.core.config.workers_outlive_engine {
+            return self.shutdown().await;
+        }
+        self.core.shutdown.cancel();
+        self.core.stop_spawner();
+        let live = self.core.registry().worker_count();
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
+        self.core.store.flush().await;
+        tracing::info!(
+            workers = live,
+            "engine stopped; its workers keep running and will be re-adopted by the next engine on this state directory"
+        );
     }
 
     /// Stops serving, stops every worker it started, and waits for all of it

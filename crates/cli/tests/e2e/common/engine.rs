@@ -1,5 +1,5 @@
 //! A real `nullworker engine` for tests: started on an ephemeral loopback
-//! port with its own state directory, stopped with SIGTERM (so it stops its
+//! port with its own state directory, stopped with SIGINT (so it stops its
 //! workers) when dropped, plus small blocking clients for its APIs.
 
 use std::path::{Path, PathBuf};
@@ -80,10 +80,11 @@ impl EngineGuard {
                 });
             }
         }
-        cmd.arg("engine")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--state-dir")
+        cmd.arg("engine");
+        if !args.contains(&"--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .env_remove("NULLWORKER_ACCOUNT_KEY")
@@ -256,8 +257,14 @@ impl EngineGuard {
             .expect("text")
     }
 
-    /// Stops the engine with SIGTERM and waits for it (it stops its workers).
+    /// Stops the engine with SIGTERM and waits for it (its workers keep
+    /// running unless it runs with `--stop-workers-on-exit`).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Stops the engine with `signal` and waits for it (up to 30 s).
+    pub fn stop_with(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         self.child.child.as_ref()?;
         if matches!(
             self.child.child.as_mut().map(|c| c.try_wait()),
@@ -265,14 +272,15 @@ impl EngineGuard {
         ) {
             return self.child.wait_timeout(Duration::from_secs(1));
         }
-        self.child.signal(libc::SIGTERM);
+        self.child.signal(signal);
         self.child.wait_timeout(Duration::from_secs(30))
     }
 }
 
 impl Drop for EngineGuard {
+    /// SIGINT: the engine stops every worker before it exits.
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.stop_with(libc::SIGINT);
     }
 }
 
