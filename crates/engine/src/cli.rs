@@ -62,6 +62,18 @@ pub struct EngineArgs {
     /// stops them).
     #[arg(long)]
     pub stop_workers_on_exit: bool,
+    /// Ended workers whose history row and directory are kept, per endpoint.
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_KEEP_ENDED)]
+    pub keep_ended_workers: u32,
+    /// Days an ended worker's history row and directory are kept at most.
+    #[arg(long, default_value_t = 7.0)]
+    pub keep_ended_days: f64,
+    /// Size (bytes) above which a worker's or consumer's log is rotated.
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_MAX_BYTES)]
+    pub log_max_bytes: u64,
+    /// Rotated files kept per log (`worker.log.1`, ...; 0: only truncate).
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_FILES)]
+    pub log_files: u32,
     /// Open HTTP connections at most; at the cap the connection idle the
     /// longest is closed for a new one. Default: half the file-descriptor
     /// limit, at most 8192.
@@ -108,6 +120,19 @@ impl EngineArgs {
         config.serve.header_timeout = Duration::from_secs_f64(self.header_timeout);
         config.serve.max_connections = self.max_connections;
         config.workers_outlive_engine = !self.stop_workers_on_exit;
+        if !(self.keep_ended_days.is_finite()
+            && self.keep_ended_days > 0.0
+            && self.keep_ended_days <= 36_500.0)
+        {
+            return Err(EngineError::Config(format!(
+                "--keep-ended-days {}: expected days above 0, at most 36500",
+                self.keep_ended_days
+            )));
+        }
+        config.retention.keep_ended = self.keep_ended_workers;
+        config.retention.max_age = Duration::from_secs_f64(self.keep_ended_days * 86_400.0);
+        config.retention.log_max_bytes = self.log_max_bytes;
+        config.retention.log_files = self.log_files;
         config.validate()?;
         Ok(config)
     }

@@ -81,6 +81,8 @@ pub struct EngineConfig {
     /// else they are stopped with it and get a parent-death signal
     /// (embedding programs: demos, tests, benchmarks).
     pub workers_outlive_engine: bool,
+    /// What the state directory keeps (ended workers, log sizes).
+    pub retention: crate::housekeeping::Retention,
     /// Limits of the HTTP server (header and request timeouts, connection
     /// cap, body size).
     pub serve: crate::serve::ServeLimits,
@@ -102,6 +104,7 @@ impl EngineConfig {
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,
             workers_outlive_engine: false,
+            retention: crate::housekeeping::Retention::default(),
             serve: crate::serve::ServeLimits::default(),
         })
     }
@@ -150,6 +153,13 @@ impl EngineConfig {
             return Err(EngineError::Config(format!(
                 "scale_down_delay {}: expected a non-negative number of seconds",
                 self.scale_down_delay
+            )));
+        }
+        let r = &self.retention;
+        if r.interval.is_zero() || r.log_max_bytes == 0 || r.keep_ended == 0 {
+            return Err(EngineError::Config(format!(
+                "retention: keep {} ended workers, logs of {} bytes, every {:?}: expected each above 0",
+                r.keep_ended, r.log_max_bytes, r.interval
             )));
         }
         let serve = &self.serve;

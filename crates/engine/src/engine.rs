@@ -143,6 +143,10 @@ impl Engine {
         }
         let keep: Vec<i64> = adopt.iter().map(|(_, r)| r.worker_id).collect();
         let _ = db.end_all_workers(clock.now(), "engine restarted", &keep);
+        let swept = crate::housekeeping::sweep_orphan_dirs(&config.state_dir, &db, &keep);
+        if swept > 0 {
+            tracing::info!(swept, "removed worker directories no history row refers to");
+        }
         let last_worker_id = db.max_worker_id().map_err(db_fail)?;
         // The store thread ends once the last handle is dropped, after
         // committing what was queued.
@@ -223,6 +227,7 @@ impl Engine {
         });
         core.tasks.spawn(watch_exits(core.clone(), exits_rx));
         core.tasks.spawn(crate::scaler::run(core.clone()));
+        core.tasks.spawn(crate::housekeeping::run(core.clone()));
         tracing::info!(addr = %local_addr, state_dir = %core.config.state_dir.display(), "engine listening");
         Ok(EngineHandle {
             core,
@@ -470,6 +475,83 @@ mod tests {
         wait_for(|| (fake.launched.lock().unwrap().len() >= 2).then_some(())).await;
         let workers = handle.workers("e").unwrap();
         assert!(workers.iter().all(|w| w.id != wid), "{workers:?}");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn housekeeping_prunes_ended_workers_and_rotates_big_logs() {
+        use crate::store::StoreOp;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path().join("state")).unwrap();
+        // Only the passes of this test run.
+        config.retention.interval = Duration::from_secs(3600);
+        let fake = Arc::new(FakeLauncher::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = Engine::start_with(config, listener, Box::new(move |_, _, _| fake))
+            .await
+            .unwrap();
+        let core = handle.core().clone();
+        let (status, body) = call(
+            &core,
+            "POST",
+            "/api/v0/endptjobs/",
+            json!({"endpoint_name": "e"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ep = body["result"].as_i64().unwrap();
+        let now = core.clock.now();
+        for id in 100..=106 {
+            core.store.write(StoreOp::InsertWorker {
+                id,
+                endpoint_id: ep,
+                created_at: now,
+            });
+            if id < 106 {
+                core.store.write(StoreOp::UpdateWorker {
+                    id,
+                    state: "DESTROYING",
+                    url: None,
+                    reason: None,
+                    ended_at: Some(now),
+                });
+            }
+            let wd = core.config.worker_dir(id);
+            std::fs::create_dir_all(&wd).unwrap();
+            std::fs::write(wd.join("worker.log"), vec![b'x'; 20 << 20]).unwrap();
+        }
+        let report = crate::housekeeping::pass(&core).await;
+        // 50 ended kept per endpoint by default: all six stay; the logs over
+        // 10 MiB are rotated.
+        assert!(report.pruned.is_empty(), "{report:?}");
+        for id in 100..=106 {
+            let log = core.config.worker_dir(id).join("worker.log");
+            assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "worker {id}");
+            let copy = crate::housekeeping::rotated_path(&log, 1);
+            assert_eq!(std::fs::metadata(&copy).unwrap().len(), 20 << 20);
+        }
+        // Ended more than 7 days ago: pruned, rows and directories.
+        for id in 100..=103 {
+            core.store.write(StoreOp::UpdateWorker {
+                id,
+                state: "DESTROYING",
+                url: None,
+                reason: None,
+                ended_at: Some(now - 8.0 * 86_400.0),
+            });
+        }
+        crate::housekeeping::pass(&core).await;
+        for id in 100..=106 {
+            assert_eq!(core.config.worker_dir(id).exists(), id > 103, "worker {id}");
+        }
+        let history = core
+            .store
+            .call(move |db| db.worker_history(ep, 100))
+            .await
+            .unwrap()
+            .unwrap();
+        let ids: Vec<i64> = history.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![106, 105, 104]);
         handle.shutdown().await;
     }
 }

@@ -15,7 +15,8 @@
 //!   out, `now` passed in ([`clock`] gives it).
 //! * [`policy`] — pure decisions; [`endpoint`] — endpoint settings, the
 //!   `seed` preset, worker templates; [`supervisor`] — processes;
-//!   [`state`] / [`db`] — the state directory; [`config`] — the validated
+//!   [`state`] / [`db`] — the state directory, kept in bounds by
+//!   [`housekeeping`]; [`config`] — the validated
 //!   [`EngineConfig`].
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
 pub mod api;
@@ -27,6 +28,7 @@ pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod housekeeping;
 pub mod http_error;
 pub mod metrics;
 pub mod policy;

@@ -484,13 +484,15 @@ fn engine_restart_keeps_endpoints_and_keys() {
         assert!(status.success(), "{status:?}");
         (ep, key)
     };
-    let mode = std::fs::metadata(dir.join("signing_key.pem"))
-        .unwrap()
-        .permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o600
-    );
+    // The files holding keys are readable by their owner only.
+    for file in ["signing_key.pem", "engine.sqlite3"] {
+        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{file}"
+        );
+    }
     let mut engine = EngineGuard::start_in(&dir, &[]);
     assert!(
         engine
