@@ -57,6 +57,35 @@ pub struct EngineArgs {
     /// (kept for compatibility).
     #[arg(long, hide = true, conflicts_with = "allow_external_workers")]
     pub strict: bool,
+    /// Seconds a client has to send a request's headers, from when its
+    /// connection opens or from its previous answer (an idle keep-alive
+    /// connection is closed after it).
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Stop every worker when the engine exits on SIGTERM, and tie workers
+    /// to the engine's life (they get SIGTERM if it dies). Default: workers
+    /// outlive the engine on SIGTERM, SIGKILL or a crash, and the next
+    /// engine on the state directory re-adopts them (SIGINT, Ctrl-C, always
+    /// stops them).
+    #[arg(long)]
+    pub stop_workers_on_exit: bool,
+    /// Ended workers whose history row and directory are kept, per endpoint.
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_KEEP_ENDED)]
+    pub keep_ended_workers: u32,
+    /// Days an ended worker's history row and directory are kept at most.
+    #[arg(long, default_value_t = 7.0)]
+    pub keep_ended_days: f64,
+    /// Size (bytes) above which a worker's or consumer's log is rotated.
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_MAX_BYTES)]
+    pub log_max_bytes: u64,
+    /// Rotated files kept per log (`worker.log.1`, ...; 0: only truncate).
+    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_FILES)]
+    pub log_files: u32,
+    /// Open HTTP connections at most; at the cap the connection idle the
+    /// longest is closed for a new one. Default: half the file-descriptor
+    /// limit, at most 8192.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 }
 
 impl EngineArgs {
@@ -86,12 +115,39 @@ impl EngineArgs {
         config.stale_after = self.stale_after;
         config.scale_down_delay = self.scale_down_delay;
         config.strict = !self.allow_external_workers;
+        if !(self.header_timeout.is_finite()
+            && self.header_timeout > 0.0
+            && self.header_timeout <= 3600.0)
+        {
+            return Err(EngineError::Config(format!(
+                "--header-timeout {}: expected seconds above 0, at most 3600",
+                self.header_timeout
+            )));
+        }
+        config.serve.header_timeout = Duration::from_secs_f64(self.header_timeout);
+        config.serve.max_connections = self.max_connections;
+        config.workers_outlive_engine = !self.stop_workers_on_exit;
+        if !(self.keep_ended_days.is_finite()
+            && self.keep_ended_days > 0.0
+            && self.keep_ended_days <= 36_500.0)
+        {
+            return Err(EngineError::Config(format!(
+                "--keep-ended-days {}: expected days above 0, at most 36500",
+                self.keep_ended_days
+            )));
+        }
+        config.retention.keep_ended = self.keep_ended_workers;
+        config.retention.max_age = Duration::from_secs_f64(self.keep_ended_days * 86_400.0);
+        config.retention.log_max_bytes = self.log_max_bytes;
+        config.retention.log_files = self.log_files;
         config.validate()?;
         Ok(config)
     }
 }
 
-/// Runs the engine until SIGTERM/SIGINT, then stops every worker.
+/// Runs the engine until a signal: on SIGTERM it exits leaving its workers
+/// running for the next engine to re-adopt (unless
+/// `--stop-workers-on-exit`); on SIGINT (Ctrl-C) it stops every worker.
 pub async fn run_engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
     let config = match args.config() {
         Ok(c) => c,
@@ -110,12 +166,22 @@ pub async fn run_engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
     println!("nullworker engine: listening on {}", handle.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; stopping"),
-        () = handle.stopped() => {}
+    let stop_workers = tokio::select! {
+        _ = term.recv() => {
+            tracing::info!("SIGTERM received; stopping");
+            args.stop_workers_on_exit
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("SIGINT received; stopping the engine and its workers");
+            true
+        }
+        () = handle.stopped() => true,
+    };
+    if stop_workers {
+        handle.shutdown().await;
+    } else {
+        handle.leave().await;
     }
-    handle.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -78,6 +78,16 @@ pub struct EngineConfig {
     /// How long `/route/` may hold a WAITING answer while a worker may
     /// become ready (0 answers at once).
     pub route_hold: Duration,
+    /// Workers keep running when the engine exits or dies, and the next
+    /// engine on the state directory re-adopts them (`nullworker engine`);
+    /// else they are stopped with it and get a parent-death signal
+    /// (embedding programs: demos, tests, benchmarks).
+    pub workers_outlive_engine: bool,
+    /// What the state directory keeps (ended workers, log sizes).
+    pub retention: crate::housekeeping::Retention,
+    /// Limits of the HTTP server (header and request timeouts, connection
+    /// cap, body size).
+    pub serve: crate::serve::ServeLimits,
 }
 
 impl EngineConfig {
@@ -95,6 +105,9 @@ impl EngineConfig {
             stale_after: 30.0,
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,
+            workers_outlive_engine: false,
+            retention: crate::housekeeping::Retention::default(),
+            serve: crate::serve::ServeLimits::default(),
         })
     }
 
@@ -142,6 +155,26 @@ impl EngineConfig {
             return Err(EngineError::Config(format!(
                 "scale_down_delay {}: expected a non-negative number of seconds",
                 self.scale_down_delay
+            )));
+        }
+        let r = &self.retention;
+        if r.interval.is_zero() || r.log_max_bytes == 0 || r.keep_ended == 0 {
+            return Err(EngineError::Config(format!(
+                "retention: keep {} ended workers, logs of {} bytes, every {:?}: expected each above 0",
+                r.keep_ended, r.log_max_bytes, r.interval
+            )));
+        }
+        let serve = &self.serve;
+        if serve.header_timeout.is_zero() || serve.request_timeout.is_zero() {
+            return Err(EngineError::Config(format!(
+                "header timeout {:?}, request timeout {:?}: expected positive durations",
+                serve.header_timeout, serve.request_timeout
+            )));
+        }
+        if serve.max_connections == Some(0) || serve.max_body == 0 {
+            return Err(EngineError::Config(format!(
+                "max connections {:?}, max body {}: expected at least 1",
+                serve.max_connections, serve.max_body
             )));
         }
         Ok(())

@@ -139,7 +139,8 @@ impl Core {
             .spawn(move || {
                 // Processes are spawned here, never under the registry lock
                 // nor on the scaler task; the thread lives as long as the
-                // engine, as the processes' parent-death signal needs.
+                // engine, as the processes' parent-death signal needs when
+                // workers are tied to the engine.
                 let _runtime = runtime.enter();
                 while let Ok(job) = rx.recv() {
                     let Some(core) = weak.upgrade() else { return };

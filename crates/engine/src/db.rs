@@ -123,6 +123,35 @@ pub struct Db {
     path: PathBuf,
 }
 
+/// Creates `path` empty with mode 0600 if missing (an empty file is an
+/// empty SQLite database), else sets mode 0600 on it and on its `-wal` and
+/// `-shm` files (SQLite gives those the database's mode when it creates
+/// them).
+fn restrict_to_owner(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let file = PathBuf::from(format!("{}{suffix}", path.display()));
+        let Ok(meta) = std::fs::metadata(&file) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            tracing::warn!(path = %file.display(), "the state database was readable by others; set mode 0600");
+        }
+    }
+    Ok(())
+}
+
 fn db_err(path: &Path, reason: impl std::fmt::Display) -> EngineError {
     EngineError::Database {
         path: path.to_owned(),
@@ -134,6 +163,9 @@ impl Db {
     /// Opens (creating if needed) the database at `path` and checks its
     /// integrity and schema version.
     pub fn open(path: &Path) -> Result<Self, EngineError> {
+        // It holds the account key and endpoint keys: readable by its owner
+        // only, whether created now or by an earlier version.
+        restrict_to_owner(path).map_err(|e| db_err(path, e))?;
         let conn = Connection::open(path).map_err(|e| db_err(path, e))?;
         let corrupt = |e: rusqlite::Error| {
             db_err(
@@ -435,19 +467,77 @@ impl Db {
         Ok(max.unwrap_or(0).max(seq.unwrap_or(0)))
     }
 
-    /// Marks every worker not ended yet as ended (used at start: none of the
-    /// previous run's workers survive it).
-    pub fn end_all_workers(&self, now: f64, reason: &str) -> Result<Vec<i64>, DbError> {
-        let conn = self.conn();
-        let ids: Vec<i64> = conn
+    /// Marks every worker not ended yet as ended, but those in `keep` (used
+    /// at start: only the re-adopted workers of the previous run live on).
+    pub fn end_all_workers(
+        &self,
+        now: f64,
+        reason: &str,
+        keep: &[i64],
+    ) -> Result<Vec<i64>, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = tx
             .prepare("SELECT id FROM workers WHERE ended_at IS NULL")?
             .query_map([], |row| row.get(0))?
-            .collect::<Result<_, _>>()?;
-        conn.execute(
-            "UPDATE workers SET ended_at = ?1, last_state = 'DESTROYING', reason = COALESCE(reason, ?2) WHERE ended_at IS NULL",
-            params![now, reason],
-        )?;
+            .collect::<Result<Vec<i64>, _>>()?
+            .into_iter()
+            .filter(|id| !keep.contains(id))
+            .collect();
+        for id in &ids {
+            tx.execute(
+                "UPDATE workers SET ended_at = ?1, last_state = 'DESTROYING', reason = COALESCE(reason, ?2) WHERE id = ?3",
+                params![now, reason, id],
+            )?;
+        }
+        tx.commit()?;
         Ok(ids)
+    }
+
+    /// Deletes the history rows of ended workers beyond retention: those
+    /// not among the `keep` most recent ended workers of their endpoint,
+    /// those ended before `cutoff` (epoch seconds), and those of deleted
+    /// endpoints. Rows of live workers are never touched. Returns the ids
+    /// deleted.
+    pub fn prune_workers(&self, keep: u32, cutoff: f64) -> Result<Vec<i64>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "DELETE FROM workers WHERE id IN (
+                 SELECT id FROM (
+                     SELECT id, endpoint_id, ended_at,
+                            ROW_NUMBER() OVER (PARTITION BY endpoint_id ORDER BY id DESC) AS rank
+                     FROM workers WHERE ended_at IS NOT NULL)
+                 WHERE rank > ?1 OR ended_at < ?2
+                    OR endpoint_id NOT IN (SELECT id FROM endpoints))
+             RETURNING id",
+        )?;
+        let mut ids = stmt
+            .query_map(params![keep, cutoff], |row| row.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// One worker's history row.
+    pub fn worker(&self, worker_id: i64) -> Result<Option<WorkerHistory>, DbError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, endpoint_id, created_at, ended_at, url, last_state, reason FROM workers WHERE id = ?1",
+                params![worker_id],
+                |row| {
+                    Ok(WorkerHistory {
+                        id: row.get(0)?,
+                        endpoint_id: row.get(1)?,
+                        created_at: row.get(2)?,
+                        ended_at: row.get(3)?,
+                        url: row.get(4)?,
+                        last_state: row.get(5)?,
+                        reason: row.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     /// The most recent `limit` workers of an endpoint, newest first.
@@ -524,19 +614,126 @@ mod tests {
         let w = db.insert_worker(ep.id, 3.0).unwrap();
         db.update_worker(w, "IDLE", Some("http://x"), None, None)
             .unwrap();
+        let adopted = db.insert_worker(ep.id, 3.5).unwrap();
         drop(db);
         let db = Db::open(&path).unwrap();
         let eps = db.endpoints().unwrap();
         assert_eq!(eps, vec![ep.clone()]);
         assert_eq!(
-            db.end_all_workers(4.0, "engine restarted").unwrap(),
+            db.end_all_workers(4.0, "engine restarted", &[adopted])
+                .unwrap(),
             vec![w]
         );
         let hist = db.worker_history(ep.id, 10).unwrap();
-        assert_eq!(hist[0].url.as_deref(), Some("http://x"));
-        assert_eq!(hist[0].ended_at, Some(4.0));
+        assert_eq!(hist[1].url.as_deref(), Some("http://x"));
+        assert_eq!(hist[1].ended_at, Some(4.0));
+        // A re-adopted worker lives on.
+        assert_eq!(db.worker(adopted).unwrap().unwrap().ended_at, None);
+        assert_eq!(db.worker(999).unwrap(), None);
         assert!(db.delete_endpoint(ep.id).unwrap());
         assert!(db.endpoints().unwrap().is_empty());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn the_database_is_created_0600_and_an_open_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("engine.sqlite3");
+        let db = Db::open(&path).unwrap();
+        db.set_meta("k", "v").unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.path().join("engine.sqlite3-wal");
+        assert_eq!(mode(&wal), 0o600);
+        drop(db);
+        for file in [&path, &wal] {
+            if file.exists() {
+                std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.meta("k").unwrap().as_deref(), Some("v"));
+        assert_eq!(mode(&path), 0o600);
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+    }
+
+    #[test]
+    fn pruning_keeps_live_workers_and_the_most_recent_ended_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db")).unwrap();
+        let settings = EndpointSettings::default();
+        let template = WorkerTemplate::default();
+        let a = db
+            .create_endpoint("a", "key-a", &settings, &template, 0.0)
+            .unwrap();
+        let b = db
+            .create_endpoint("b", "key-b", &settings, &template, 0.0)
+            .unwrap();
+        let gone = db
+            .create_endpoint("gone", "key-c", &settings, &template, 0.0)
+            .unwrap();
+        let day = 86_400.0;
+        let now = 100.0 * day;
+        // a: 8 ended recently, then 2 live.
+        let mut a_ended = Vec::new();
+        for i in 0..8 {
+            let id = db.insert_worker(a.id, now - 100.0).unwrap();
+            db.update_worker(
+                id,
+                "DESTROYING",
+                None,
+                None,
+                Some(now - 50.0 + f64::from(i)),
+            )
+            .unwrap();
+            a_ended.push(id);
+        }
+        let a_live: Vec<i64> = (0..2)
+            .map(|_| db.insert_worker(a.id, now - 100.0).unwrap())
+            .collect();
+        // b: one ended 8 days ago, one ended an hour ago, one live since long.
+        let b_old = db.insert_worker(b.id, now - 9.0 * day).unwrap();
+        db.update_worker(b_old, "DESTROYING", None, None, Some(now - 8.0 * day))
+            .unwrap();
+        let b_recent = db.insert_worker(b.id, now - 2.0 * 3600.0).unwrap();
+        db.update_worker(b_recent, "DESTROYING", None, None, Some(now - 3600.0))
+            .unwrap();
+        let b_live = db.insert_worker(b.id, now - 30.0 * day).unwrap();
+        // A deleted endpoint's ended worker.
+        let orphan = db.insert_worker(gone.id, now - 10.0).unwrap();
+        db.update_worker(orphan, "DESTROYING", None, None, Some(now - 5.0))
+            .unwrap();
+        assert!(db.delete_endpoint(gone.id).unwrap());
+
+        let pruned = db.prune_workers(5, now - 7.0 * day).unwrap();
+        let mut expected = a_ended[..3].to_vec();
+        expected.extend([b_old, orphan]);
+        expected.sort_unstable();
+        assert_eq!(pruned, expected);
+        let left: Vec<i64> = db
+            .worker_history(a.id, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        let mut want: Vec<i64> = a_ended[3..].iter().chain(&a_live).copied().collect();
+        want.sort_unstable_by(|x, y| y.cmp(x));
+        assert_eq!(left, want);
+        let left: Vec<i64> = db
+            .worker_history(b.id, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(left, vec![b_live, b_recent]);
+        // Nothing more to prune.
+        assert!(db.prune_workers(5, now - 7.0 * day).unwrap().is_empty());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::registry::{Event, Registry, RegistryConfig};
 use crate::signer::UrlSigner;
 use crate::state::StateDir;
 use crate::store::Store;
-use crate::supervisor::{reap_stale, ExitEvent, Launcher, Supervisor};
+use crate::supervisor::{self, ExitEvent, Launcher, ProcessRecord, Supervisor};
 
 /// One live worker as [`EngineHandle::workers`] lists it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -84,6 +84,7 @@ impl Engine {
                 report_url,
                 config.stop_grace,
                 exits,
+                config.workers_outlive_engine,
             ))
         });
         Self::start_with(config, listener, factory).await
@@ -110,16 +111,42 @@ impl Engine {
         } = tokio::task::spawn_blocking(move || StateDir::open(&cfg))
             .await
             .map_err(|e| EngineError::Config(format!("state directory task failed: {e}")))??;
-        let killed = reap_stale(&config.state_dir).await;
-        if killed > 0 {
-            tracing::warn!(killed, "stopped worker processes left by a previous engine");
-        }
         let db_fail = |e: crate::db::DbError| EngineError::Database {
             path: config.db_path(),
             reason: e.to_string(),
         };
-        let _ = db.end_all_workers(clock.now(), "engine restarted");
         let endpoints = db.endpoints().map_err(db_fail)?;
+        // Workers of a previous engine that still run are re-adopted if
+        // their endpoint still exists and their history row is not ended;
+        // what is left of the others is stopped.
+        let survey = supervisor::survey(&config.state_dir).await;
+        let mut adopt: Vec<(i64, ProcessRecord)> = Vec::new();
+        let mut orphans = Vec::new();
+        for record in survey.running {
+            let owner = db
+                .worker(record.worker_id)
+                .map_err(db_fail)?
+                .filter(|row| row.ended_at.is_none())
+                .map(|row| row.endpoint_id)
+                .filter(|ep| endpoints.iter().any(|e| e.id == *ep));
+            match owner {
+                Some(endpoint_id) => adopt.push((endpoint_id, record)),
+                None => orphans.push(record),
+            }
+        }
+        let stopped = survey.stopped + supervisor::stop_recorded(&config.state_dir, &orphans).await;
+        if stopped > 0 {
+            tracing::warn!(
+                stopped,
+                "stopped process groups left by a previous engine that no worker owns"
+            );
+        }
+        let keep: Vec<i64> = adopt.iter().map(|(_, r)| r.worker_id).collect();
+        let _ = db.end_all_workers(clock.now(), "engine restarted", &keep);
+        let swept = crate::housekeeping::sweep_orphan_dirs(&config.state_dir, &db, &keep);
+        if swept > 0 {
+            tracing::info!(swept, "removed worker directories no history row refers to");
+        }
         let last_worker_id = db.max_worker_id().map_err(db_fail)?;
         // The store thread ends once the last handle is dropped, after
         // committing what was queued.
@@ -151,6 +178,33 @@ impl Engine {
         for stored in endpoints {
             kicks.extend(registry.apply(Event::EndpointCreated(stored), t).effects);
         }
+        for (endpoint_id, record) in adopt {
+            match launcher.adopt(&record) {
+                Ok(spawned) => {
+                    let adopted = Event::Adopted {
+                        endpoint_id,
+                        worker_id: record.worker_id,
+                        mtoken: record.mtoken.clone(),
+                        spawned,
+                    };
+                    kicks.extend(registry.apply(adopted, t).effects);
+                }
+                Err(err) => {
+                    tracing::warn!(worker = record.worker_id, %err, "cannot re-adopt a worker; stopping what is left of it");
+                    supervisor::stop_recorded(&config.state_dir, std::slice::from_ref(&record))
+                        .await;
+                    kicks.push(crate::registry::Effect::Store(
+                        crate::store::StoreOp::UpdateWorker {
+                            id: record.worker_id,
+                            state: "DESTROYING",
+                            url: None,
+                            reason: Some("engine restarted".into()),
+                            ended_at: Some(t),
+                        },
+                    ));
+                }
+            }
+        }
         let core = Core::new(CoreParts {
             config,
             clock,
@@ -165,16 +219,15 @@ impl Engine {
         // The state lock lives as long as the HTTP server task.
         let router = crate::api::router(core.clone());
         let shutdown = core.shutdown.clone();
+        let limits = core.config.serve;
+        let connections = core.tasks.clone();
         core.tasks.spawn(async move {
             let _lock = lock;
-            let serve =
-                axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned());
-            if let Err(err) = serve.await {
-                tracing::error!(%err, "HTTP server failed");
-            }
+            crate::serve::serve(listener, router, limits, shutdown, connections).await;
         });
         core.tasks.spawn(watch_exits(core.clone(), exits_rx));
         core.tasks.spawn(crate::scaler::run(core.clone()));
+        core.tasks.spawn(crate::housekeeping::run(core.clone()));
         tracing::info!(addr = %local_addr, state_dir = %core.config.state_dir.display(), "engine listening");
         Ok(EngineHandle {
             core,
@@ -234,6 +287,27 @@ impl EngineHandle {
     /// Resolves when the engine is asked to stop.
     pub async fn stopped(&self) {
         self.core.shutdown.cancelled().await;
+    }
+
+    /// Stops serving and exits, leaving the workers running for the next
+    /// engine on the state directory to re-adopt (stops in progress finish;
+    /// no new launch starts). With workers tied to the engine
+    /// ([`EngineConfig::workers_outlive_engine`] unset) this is
+    /// [`EngineHandle::shutdown`].
+    pub async fn leave(self) {
+        if !self.core.config.workers_outlive_engine {
+            return self.shutdown().await;
+        }
+        self.core.shutdown.cancel();
+        self.core.stop_spawner();
+        let live = self.core.registry().worker_count();
+        self.core.tasks.close();
+        self.core.tasks.wait().await;
+        self.core.store.flush().await;
+        tracing::info!(
+            workers = live,
+            "engine stopped; its workers keep running and will be re-adopted by the next engine on this state directory"
+        );
     }
 
     /// Stops serving, stops every worker it started, and waits for all of it
@@ -401,6 +475,83 @@ mod tests {
         wait_for(|| (fake.launched.lock().unwrap().len() >= 2).then_some(())).await;
         let workers = handle.workers("e").unwrap();
         assert!(workers.iter().all(|w| w.id != wid), "{workers:?}");
+        handle.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn housekeeping_prunes_ended_workers_and_rotates_big_logs() {
+        use crate::store::StoreOp;
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig::new(dir.path().join("state")).unwrap();
+        // Only the passes of this test run.
+        config.retention.interval = Duration::from_secs(3600);
+        let fake = Arc::new(FakeLauncher::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = Engine::start_with(config, listener, Box::new(move |_, _, _| fake))
+            .await
+            .unwrap();
+        let core = handle.core().clone();
+        let (status, body) = call(
+            &core,
+            "POST",
+            "/api/v0/endptjobs/",
+            json!({"endpoint_name": "e"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ep = body["result"].as_i64().unwrap();
+        let now = core.clock.now();
+        for id in 100..=106 {
+            core.store.write(StoreOp::InsertWorker {
+                id,
+                endpoint_id: ep,
+                created_at: now,
+            });
+            if id < 106 {
+                core.store.write(StoreOp::UpdateWorker {
+                    id,
+                    state: "DESTROYING",
+                    url: None,
+                    reason: None,
+                    ended_at: Some(now),
+                });
+            }
+            let wd = core.config.worker_dir(id);
+            std::fs::create_dir_all(&wd).unwrap();
+            std::fs::write(wd.join("worker.log"), vec![b'x'; 20 << 20]).unwrap();
+        }
+        let report = crate::housekeeping::pass(&core).await;
+        // 50 ended kept per endpoint by default: all six stay; the logs over
+        // 10 MiB are rotated.
+        assert!(report.pruned.is_empty(), "{report:?}");
+        for id in 100..=106 {
+            let log = core.config.worker_dir(id).join("worker.log");
+            assert_eq!(std::fs::metadata(&log).unwrap().len(), 0, "worker {id}");
+            let copy = crate::housekeeping::rotated_path(&log, 1);
+            assert_eq!(std::fs::metadata(&copy).unwrap().len(), 20 << 20);
+        }
+        // Ended more than 7 days ago: pruned, rows and directories.
+        for id in 100..=103 {
+            core.store.write(StoreOp::UpdateWorker {
+                id,
+                state: "DESTROYING",
+                url: None,
+                reason: None,
+                ended_at: Some(now - 8.0 * 86_400.0),
+            });
+        }
+        crate::housekeeping::pass(&core).await;
+        for id in 100..=106 {
+            assert_eq!(core.config.worker_dir(id).exists(), id > 103, "worker {id}");
+        }
+        let history = core
+            .store
+            .call(move |db| db.worker_history(ep, 100))
+            .await
+            .unwrap()
+            .unwrap();
+        let ids: Vec<i64> = history.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![106, 105, 104]);
         handle.shutdown().await;
     }
 }

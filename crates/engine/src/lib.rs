@@ -5,7 +5,8 @@
 //! Layers, each depending only on those below it:
 //!
 //! * [`engine`] — the composition root: starts and stops everything.
-//! * [`api`] (the HTTP surface, errors in [`http_error`]) and [`scaler`]
+//! * [`api`] (the HTTP surface, errors in [`http_error`], served with its
+//!   connection limits by [`serve`]) and [`scaler`]
 //!   (the autoscaler loop) — both feed events to the context.
 //! * [`context`] — the shared [`context::Core`]: the registry behind one
 //!   mutex, and the drivers of its effects (spawner thread, [`store`]
@@ -15,7 +16,8 @@
 //!   parsed leniently, their numbers bounded.
 //! * [`policy`] — pure decisions; [`endpoint`] — endpoint settings, the
 //!   `seed` preset, worker templates; [`supervisor`] — processes;
-//!   [`state`] / [`db`] — the state directory; [`config`] — the validated
+//!   [`state`] / [`db`] — the state directory, kept in bounds by
+//!   [`housekeeping`]; [`config`] — the validated
 //!   [`EngineConfig`].
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
 pub mod api;
@@ -27,12 +29,14 @@ pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod housekeeping;
 pub mod http_error;
 pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod report;
 pub mod scaler;
+pub mod serve;
 pub mod signer;
 pub mod state;
 pub mod store;

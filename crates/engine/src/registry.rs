@@ -168,6 +168,17 @@ pub enum Event<'a> {
     EndpointDeleted(i64),
     /// The engine stops: stop every worker.
     StopAll,
+    /// A worker a previous engine launched still runs and was taken over.
+    Adopted {
+        /// Endpoint id.
+        endpoint_id: i64,
+        /// Worker id.
+        worker_id: i64,
+        /// Its `MASTER_TOKEN`.
+        mtoken: String,
+        /// Its processes.
+        spawned: Spawned,
+    },
 }
 
 /// Why a report or `/delete_requests/` call is refused.
@@ -956,6 +967,15 @@ impl Registry {
                 Reply::Endpoint(self.delete_endpoint(id, now, &mut effects))
             }
             Event::StopAll => Reply::Endpoint(Some(self.stop_all(now, &mut effects))),
+            Event::Adopted {
+                endpoint_id,
+                worker_id,
+                mtoken,
+                spawned,
+            } => {
+                self.adopted(endpoint_id, worker_id, mtoken, spawned, now, &mut effects);
+                Reply::None
+            }
         };
         if cfg!(debug_assertions) {
             self.debug_check(touched);
@@ -1881,6 +1901,53 @@ impl Registry {
         Some(count)
     }
 
+    /// Files a re-adopted worker in as running since `now`: it is routable
+    /// again once its URL is signed and it reports, and the sessions its
+    /// reports list keep counting against its `max_sessions`. A worker whose
+    /// endpoint is gone is stopped.
+    fn adopted(
+        &mut self,
+        endpoint_id: i64,
+        worker_id: i64,
+        mtoken: String,
+        spawned: Spawned,
+        now: f64,
+        effects: &mut Vec<Effect>,
+    ) {
+        let known = self.worker_endpoint.contains_key(&worker_id);
+        let Some(ep) = self.endpoints.get_mut(&endpoint_id).filter(|_| !known) else {
+            effects.push(Effect::Stop {
+                worker_id,
+                spawned: Some(spawned),
+                destroy: true,
+            });
+            return;
+        };
+        tracing::info!(endpoint = %ep.stored.name, worker = worker_id, url = %spawned.url, pid = spawned.worker.pid, "re-adopted a running worker");
+        let mut w = Worker::launched(worker_id, mtoken, now);
+        w.url = Some(spawned.url.as_str().into());
+        w.process = ProcessPhase::Running;
+        w.spawned_at = Some(now);
+        // It became ready in an earlier life: its failures are not launches'.
+        w.idle_this_life = true;
+        effects.push(Effect::Sign {
+            endpoint_id,
+            worker_id,
+            url: spawned.url.clone(),
+        });
+        w.spawned = Some(spawned);
+        ep.insert_worker(w);
+        self.worker_endpoint.insert(worker_id, endpoint_id);
+        self.last_worker_id = self.last_worker_id.max(worker_id);
+        if let Some(tr) = ep.refresh(worker_id, now) {
+            record(effects, &ep.stored.name, tr);
+        }
+        effects.push(Effect::Kick {
+            endpoint_id,
+            waiting: false,
+        });
+    }
+
     fn stop_all(&mut self, now: f64, effects: &mut Vec<Effect>) -> usize {
         let mut count = 0;
         for ep in self.endpoints.values_mut() {
@@ -1936,6 +2003,7 @@ fn event_endpoint(
         Event::EndpointCreated(stored) => Some(stored.id),
         Event::EndpointUpdated { id, .. } | Event::EndpointDeleted(id) => Some(*id),
         Event::StopAll => None,
+        Event::Adopted { endpoint_id, .. } => Some(*endpoint_id),
     }
 }
 
@@ -2673,5 +2741,107 @@ mod tests {
         assert_eq!(reg.worker_count(), 0);
         let (reply, _) = route(&mut reg, 0, 1.0, 2.1);
         assert_eq!(reply, RouteReply::Unauthorized);
+    }
+
+    #[test]
+    fn an_adopted_worker_keeps_its_session_and_is_routable_once_it_reports() {
+        let mut reg = registry();
+        let (spawned, exited) = fake_spawned(7);
+        std::mem::forget(exited);
+        let url = spawned.url.clone();
+        let out = reg.apply(
+            Event::Adopted {
+                endpoint_id: 1,
+                worker_id: 7,
+                mtoken: "tok".into(),
+                spawned,
+            },
+            5.0,
+        );
+        assert!(out
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::Sign { worker_id: 7, .. })));
+        // Listed, running, not routable before its signature and report.
+        let rows = reg.worker_rows(1, None, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].state, WorkerState::Loading);
+        assert_eq!(rows[0].pid, Some(10_007));
+        reg.apply(
+            Event::Signed {
+                endpoint_id: 1,
+                worker_id: 7,
+                url: url.clone(),
+                signature: "sig".into(),
+            },
+            5.0,
+        );
+        // Its report lists the session it held before the restart: at its
+        // max_sessions (1), it is not routed to.
+        let mut report = idle_report(7, "tok", &url);
+        report.working_request_idxs = vec![42];
+        let accepted = reg.apply(
+            Event::Report {
+                report: report.clone(),
+                signature: None,
+            },
+            6.0,
+        );
+        assert_eq!(accepted.reply, Reply::Accepted(Ok(())));
+        assert_eq!(
+            reg.worker_rows(1, None, 10).unwrap()[0].state,
+            WorkerState::Idle
+        );
+        let (reply, _) = route(&mut reg, 0, 10.0, 6.5);
+        assert!(matches!(reply, RouteReply::Waiting { .. }), "{reply:?}");
+        // The session ends: routable again.
+        report.working_request_idxs.clear();
+        reg.apply(
+            Event::Report {
+                report,
+                signature: None,
+            },
+            7.0,
+        );
+        let (reply, _) = route(&mut reg, 0, 10.0, 7.5);
+        assert!(
+            matches!(&reply, RouteReply::Ready { url: u, .. } if **u == *url),
+            "{reply:?}"
+        );
+        // A wrong token is still refused, and new ids go above it.
+        let mut bad = idle_report(7, "other", &url);
+        bad.working_request_idxs.clear();
+        assert!(matches!(
+            reg.apply(
+                Event::Report {
+                    report: bad,
+                    signature: None
+                },
+                8.0
+            )
+            .reply,
+            Reply::Accepted(Err(Refusal::Unauthorized(_)))
+        ));
+        // Adopted into an endpoint that is gone: stopped.
+        let (spawned, exited) = fake_spawned(8);
+        std::mem::forget(exited);
+        let out = reg.apply(
+            Event::Adopted {
+                endpoint_id: 99,
+                worker_id: 8,
+                mtoken: "t".into(),
+                spawned,
+            },
+            9.0,
+        );
+        assert!(out.effects.iter().any(|e| matches!(
+            e,
+            Effect::Stop {
+                worker_id: 8,
+                destroy: true,
+                ..
+            }
+        )));
+        reg.check_invariants();
     }
 }

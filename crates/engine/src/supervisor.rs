@@ -9,10 +9,19 @@
 //! compound line like `a; b` runs whole). Each process leads its own process
 //! group, and stopping signals the whole group (SIGTERM, then SIGKILL after
 //! the grace, then SIGKILL to anything left in the group), so the shell, its
-//! children and what they started all stop. A pidfile per worker lets the
-//! next engine start kill anything a crashed engine left running, including
-//! group members that outlived their shell. What to spawn or stop is decided elsewhere
-//! (`scaler`); this module only carries it out and reports exits.
+//! children and what they started all stop.
+//!
+//! Workers may outlive the engine: each worker's directory holds a
+//! [`ProcessRecord`] (`process.json`, mode 0600: its token, URL, ports, and
+//! each process's pid with its start time from `/proc/<pid>/stat`), so the
+//! next engine finds the processes still running ([`survey`]) and re-adopts
+//! them ([`Launcher::adopt`]), watching their exit through a pidfd (they are
+//! no longer its children); a pid reused by another process has another
+//! start time and is never taken for ours. Groups whose leader is gone but
+//! whose members remain are stopped. When the engine ties workers to its
+//! own life instead (embedding programs), they get a parent-death signal.
+//! What to spawn or stop is decided elsewhere (`scaler`, `registry`); this
+//! module only carries it out and reports exits.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -22,8 +31,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{worker_dir, Command};
@@ -151,6 +164,16 @@ pub trait Launcher: Send + Sync + std::fmt::Debug + 'static {
 
     /// Path of a worker's log file.
     fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf;
+
+    /// Takes over the running processes of a worker a previous engine
+    /// launched, watching their exits. Launchers that start no real
+    /// processes cannot.
+    fn adopt(&self, record: &ProcessRecord) -> Result<Spawned, SpawnError> {
+        Err(SpawnError::Io {
+            what: format!("adoption of worker {}", record.worker_id),
+            source: std::io::Error::from(std::io::ErrorKind::Unsupported),
+        })
+    }
 }
 
 impl Launcher for Supervisor {
@@ -174,6 +197,10 @@ impl Launcher for Supervisor {
     fn log_path(&self, worker_id: i64, kind: ProcKind) -> PathBuf {
         Supervisor::log_path(self, worker_id, kind)
     }
+
+    fn adopt(&self, record: &ProcessRecord) -> Result<Spawned, SpawnError> {
+        Supervisor::adopt(self, record)
+    }
 }
 
 /// Spawns and stops worker processes.
@@ -190,6 +217,42 @@ struct Inner {
     grace: Duration,
     generation: AtomicU64,
     events: mpsc::UnboundedSender<ExitEvent>,
+    /// Workers keep running when the engine dies (else they get a
+    /// parent-death signal).
+    outlive_engine: bool,
+}
+
+/// One recorded process: its pid (= its process group id) and its start
+/// time in clock ticks since boot, which tells it from a later process
+/// reusing the pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedProcess {
+    /// Process id.
+    pub pid: i32,
+    /// `/proc/<pid>/stat` field 22.
+    pub start: u64,
+}
+
+/// What a worker's directory records about its running processes
+/// (`process.json`), so a later engine can re-adopt them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    /// Worker id.
+    pub worker_id: i64,
+    /// Its `MASTER_TOKEN`.
+    pub mtoken: String,
+    /// Its URL.
+    pub url: String,
+    /// `WORKER_PORT`.
+    pub worker_port: u16,
+    /// `NULL_CONTROL_PORT`.
+    pub control_port: u16,
+    /// `NULL_CONSUMER_PORT`.
+    pub consumer_port: Option<u16>,
+    /// The worker process.
+    pub worker: RecordedProcess,
+    /// The consumer process.
+    pub consumer: Option<RecordedProcess>,
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
@@ -198,17 +261,95 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-/// Start time of a process in clock ticks since boot (`/proc/<pid>/stat`
-/// field 22), used to tell a pid from a later process reusing it.
-fn process_start_time(pid: i32) -> Option<u64> {
+/// State letter and start time of a process in clock ticks since boot
+/// (`/proc/<pid>/stat` fields 3 and 22).
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
     // After the command name: state is field 3, start time is field 22.
-    after.split_whitespace().nth(19)?.parse().ok()
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
 }
 
+/// Start time of a process, used to tell a pid from a later process
+/// reusing it.
+fn process_start_time(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+/// Whether the recorded process still runs (same start time, not a zombie).
+pub fn is_running(p: &RecordedProcess) -> bool {
+    p.pid > 1
+        && matches!(proc_stat(p.pid), Some((state, start)) if start == p.start && state != 'Z' && state != 'X')
+}
+
+/// The legacy pidfile of engines before `process.json` (killed at start).
 fn pidfile(state_dir: &Path, worker_id: i64) -> PathBuf {
     worker_dir(state_dir, worker_id).join("pids")
+}
+
+/// Where a worker's [`ProcessRecord`] lives.
+pub fn record_path(state_dir: &Path, worker_id: i64) -> PathBuf {
+    worker_dir(state_dir, worker_id).join("process.json")
+}
+
+/// Writes `record` atomically with mode 0600 (it holds the worker's token).
+fn write_record(state_dir: &Path, record: &ProcessRecord) -> std::io::Result<()> {
+    let path = record_path(state_dir, record.worker_id);
+    let tmp = path.with_extension("json.tmp");
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let text = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    file.write_all(&text)?;
+    fs::rename(&tmp, &path)
+}
+
+/// Opens a pidfd on `pid` (Linux 5.3+).
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Resolves once the recorded process has exited: through its pidfd, or by
+/// looking every half second where pidfds are unavailable.
+async fn wait_for_foreign_exit(p: RecordedProcess, pidfd: Option<OwnedFd>) {
+    if let Some(fd) = pidfd {
+        // SAFETY: an OwnedFd is a valid open descriptor that stays open, and
+        // refers to the same pidfd, until the AsyncFd owning it drops it.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        if let Ok(fd) = registered {
+            // A pidfd becomes readable when its process exits.
+            let _ = fd.readable().await;
+            return;
+        }
+    }
+    while is_running(&p) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What [`survey`] found in the worker directories.
+#[derive(Debug, Default)]
+pub struct Survey {
+    /// Workers whose worker process still runs: the caller adopts them or
+    /// stops them ([`stop_recorded`]).
+    pub running: Vec<ProcessRecord>,
+    /// Process groups of dead workers (or of legacy pidfiles) stopped.
+    pub stopped: usize,
 }
 
 /// Whether any process is in process group `pgid`.
@@ -216,61 +357,96 @@ fn group_exists(pgid: i32) -> bool {
     pgid > 1 && killpg(Pid::from_raw(pgid), None).is_ok()
 }
 
-/// Kills every process group recorded in worker pidfiles under `state_dir`
-/// that is still ours (a previous engine died without stopping them):
-/// the leader is the same process (same start time), or the leader is gone
-/// but members of its group remain (Linux does not reuse a pid while a
-/// group of that id exists, so those are the old group's). Returns how
-/// many groups were killed.
-pub async fn reap_stale(state_dir: &Path) -> usize {
-    let mut killed = 0;
+/// Reads every worker's [`ProcessRecord`] under `state_dir`: workers whose
+/// worker process still runs are returned for adoption; of the others,
+/// anything left in their process groups (a consumer, children of a
+/// compound command) is stopped, and their record removed. Groups listed in
+/// legacy `pids` files are stopped too.
+pub async fn survey(state_dir: &Path) -> Survey {
+    let mut survey = Survey::default();
     let Ok(entries) = fs::read_dir(state_dir.join("workers")) else {
-        return 0;
+        return survey;
     };
-    let mut groups = Vec::new();
+    let mut leftovers = Vec::new();
     for entry in entries.flatten() {
-        let path = entry.path().join("pids");
-        let Ok(text) = fs::read_to_string(&path) else {
+        let legacy = entry.path().join("pids");
+        if let Ok(text) = fs::read_to_string(&legacy) {
+            for line in text.lines() {
+                let mut parts = line.split_whitespace();
+                let (Some(Ok(pid)), Some(Ok(start))) = (
+                    parts.next().map(str::parse::<i32>),
+                    parts.next().map(str::parse::<u64>),
+                ) else {
+                    continue;
+                };
+                leftovers.extend(ours(RecordedProcess { pid, start }));
+            }
+            let _ = fs::remove_file(&legacy);
+        }
+        let path = entry.path().join("process.json");
+        let Ok(text) = fs::read(&path) else { continue };
+        let Ok(record) = serde_json::from_slice::<ProcessRecord>(&text) else {
+            tracing::warn!(path = %path.display(), "unreadable process record: removed");
+            let _ = fs::remove_file(&path);
             continue;
         };
-        for line in text.lines() {
-            let mut parts = line.split_whitespace();
-            let (Some(pid), Some(start)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
-                continue;
-            };
-            if pid <= 1 {
-                continue;
-            }
-            let ours = match process_start_time(pid) {
-                Some(now_start) => now_start == start,
-                None => group_exists(pid),
-            };
-            if ours {
-                groups.push(pid);
-            }
+        if is_running(&record.worker) {
+            survey.running.push(record);
+            continue;
         }
+        leftovers.extend(ours(record.worker));
+        leftovers.extend(record.consumer.and_then(ours));
         let _ = fs::remove_file(&path);
     }
-    for pid in &groups {
+    survey.running.sort_by_key(|r| r.worker_id);
+    survey.stopped = kill_groups(&leftovers).await;
+    survey
+}
+
+/// The group of a recorded process if anything of it is still ours: the
+/// leader itself (same start time), or members of its group once the
+/// leader is gone (Linux does not reuse a pid while a group of that id
+/// exists, so those are the old group's).
+fn ours(p: RecordedProcess) -> Option<i32> {
+    if p.pid <= 1 {
+        return None;
+    }
+    let ours = match proc_stat(p.pid) {
+        Some((_, start)) => start == p.start || group_exists(p.pid),
+        None => group_exists(p.pid),
+    };
+    ours.then_some(p.pid)
+}
+
+/// Stops the process groups of recorded workers a new engine does not
+/// adopt (their endpoint or history row is gone) and removes their records.
+pub async fn stop_recorded(state_dir: &Path, records: &[ProcessRecord]) -> usize {
+    let mut groups = Vec::new();
+    for record in records {
+        groups.extend(ours(record.worker));
+        groups.extend(record.consumer.and_then(ours));
+        let _ = fs::remove_file(record_path(state_dir, record.worker_id));
+    }
+    kill_groups(&groups).await
+}
+
+/// SIGTERM to each group, up to 2 s to go, then SIGKILL; returns how many.
+async fn kill_groups(groups: &[i32]) -> usize {
+    for pid in groups {
         tracing::warn!(
             pid,
-            "stopping a worker process left running by a previous engine"
+            "stopping worker processes a previous engine left and no worker owns"
         );
         let _ = killpg(Pid::from_raw(*pid), Signal::SIGTERM);
     }
-    // Give them a moment, then make sure.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    for pid in &groups {
+    for pid in groups {
         while group_exists(*pid) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = killpg(Pid::from_raw(*pid), Signal::SIGKILL);
-        killed += 1;
     }
-    killed
+    groups.len()
 }
 
 impl Supervisor {
@@ -282,6 +458,7 @@ impl Supervisor {
         report_addr: String,
         grace: Duration,
         events: mpsc::UnboundedSender<ExitEvent>,
+        outlive_engine: bool,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -291,8 +468,78 @@ impl Supervisor {
                 grace,
                 generation: AtomicU64::new(1),
                 events,
+                outlive_engine,
             }),
         }
+    }
+
+    /// Takes over the running processes of `record` (see the module docs):
+    /// their exits are watched through pidfds and sent like those of
+    /// processes this supervisor started. Fails if the worker process is
+    /// not the recorded one any more.
+    pub fn adopt(&self, record: &ProcessRecord) -> Result<Spawned, SpawnError> {
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let worker = self.watch_foreign(
+            record.worker_id,
+            generation,
+            ProcKind::Worker,
+            record.worker,
+        )?;
+        let consumer = match record.consumer {
+            Some(p) => {
+                match self.watch_foreign(record.worker_id, generation, ProcKind::Consumer, p) {
+                    Ok(handle) => Some(handle),
+                    Err(err) => {
+                        tracing::warn!(worker = record.worker_id, %err, "consumer not re-adopted");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        Ok(Spawned {
+            generation,
+            url: record.url.clone(),
+            worker_port: record.worker_port,
+            control_port: record.control_port,
+            consumer_port: record.consumer_port,
+            worker,
+            consumer,
+        })
+    }
+
+    fn watch_foreign(
+        &self,
+        worker_id: i64,
+        generation: u64,
+        kind: ProcKind,
+        p: RecordedProcess,
+    ) -> Result<ProcHandle, SpawnError> {
+        // Opened before the identity check, so the pidfd is known to refer
+        // to the recorded process, not to a later one reusing its pid.
+        let pidfd = pidfd_open(p.pid).ok();
+        if !is_running(&p) {
+            return Err(SpawnError::Io {
+                what: format!("{} of worker {worker_id} (pid {})", kind.log_name(), p.pid),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        let (tx, rx) = watch::channel(false);
+        let events = self.inner.events.clone();
+        tokio::spawn(async move {
+            wait_for_foreign_exit(p, pidfd).await;
+            let _ = tx.send(true);
+            let _ = events.send(ExitEvent {
+                worker_id,
+                generation,
+                kind,
+                status: "exited (re-adopted process: status unknown)".into(),
+            });
+        });
+        Ok(ProcHandle {
+            pid: p.pid,
+            exited: rx,
+        })
     }
 
     /// Path of a worker's log file.
@@ -302,9 +549,10 @@ impl Supervisor {
 
     /// Spawns the worker `worker_id` (and its consumer) with `template`.
     ///
-    /// Must be called with a tokio runtime entered, from a thread that
-    /// lives as long as the engine (the engine's spawner thread): the
-    /// processes are told to exit when the thread that spawned them dies.
+    /// Must be called with a tokio runtime entered. Unless workers outlive
+    /// the engine, call it from a thread that lives as long as the engine
+    /// (the engine's spawner thread): the processes are then told to exit
+    /// when the thread that spawned them dies.
     pub fn spawn(
         &self,
         worker_id: i64,
@@ -396,20 +644,26 @@ impl Supervisor {
             }
             None => None,
         };
-        let mut pids = format!(
-            "{} {}\n",
-            worker.pid,
-            process_start_time(worker.pid).unwrap_or(0)
-        );
-        if let Some(c) = &consumer {
-            pids.push_str(&format!(
-                "{} {}\n",
-                c.pid,
-                process_start_time(c.pid).unwrap_or(0)
-            ));
+        let recorded = |h: &ProcHandle| RecordedProcess {
+            pid: h.pid,
+            start: process_start_time(h.pid).unwrap_or(0),
+        };
+        let record = ProcessRecord {
+            worker_id,
+            mtoken: mtoken.to_owned(),
+            url: url.clone(),
+            worker_port,
+            control_port,
+            consumer_port,
+            worker: recorded(&worker),
+            consumer: consumer.as_ref().map(recorded),
+        };
+        if let Err(err) = write_record(&self.inner.state_dir, &record) {
+            for h in std::iter::once(&worker).chain(consumer.as_ref()) {
+                let _ = killpg(Pid::from_raw(h.pid), Signal::SIGKILL);
+            }
+            return Err(io("process record")(err));
         }
-        let pid_path = pidfile(&self.inner.state_dir, worker_id);
-        fs::write(&pid_path, pids).map_err(io(&pid_path.display().to_string()))?;
         Ok(Spawned {
             generation,
             url,
@@ -475,15 +729,19 @@ impl Supervisor {
             .stderr(Stdio::from(stderr))
             .process_group(0)
             .kill_on_drop(false);
-        // SAFETY: prctl is async-signal-safe; the closure touches no memory
-        // shared with the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+        if !self.inner.outlive_engine {
+            // Tied to the engine (embedding programs): the kernel sends
+            // SIGTERM when the spawning thread (the engine's spawner thread)
+            // dies. SAFETY: prctl is async-signal-safe; the closure touches
+            // no memory shared with the parent.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let mut child = cmd.spawn().map_err(io)?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -533,7 +791,7 @@ impl Supervisor {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
 
-    /// Stops both processes of a spawned worker and removes its pidfile.
+    /// Stops both processes of a spawned worker and removes its record.
     pub async fn stop(&self, worker_id: i64, spawned: &Spawned) {
         let consumer = spawned.consumer.clone();
         let this = self.clone();
@@ -543,6 +801,7 @@ impl Supervisor {
             }
         };
         tokio::join!(self.stop_process(&spawned.worker, false), consumer_stop);
+        let _ = fs::remove_file(record_path(&self.inner.state_dir, worker_id));
         let _ = fs::remove_file(pidfile(&self.inner.state_dir, worker_id));
     }
 }
@@ -571,6 +830,7 @@ mod tests {
             "http://127.0.0.1:1".into(),
             grace,
             tx,
+            false,
         );
         (sup, rx)
     }
@@ -714,14 +974,14 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "shell never started");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(pidfile(dir.path(), 3).exists());
+        assert!(record_path(dir.path(), 3).exists());
         sup.stop(3, &spawned).await;
         let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
             .unwrap()
             .unwrap();
         assert!(ev.status.contains("SIGKILL"), "{}", ev.status);
-        assert!(!pidfile(dir.path(), 3).exists());
+        assert!(!record_path(dir.path(), 3).exists());
         // No member of the group is left (once the orphaned child is reaped).
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while killpg(Pid::from_raw(spawned.worker.pid), None).is_ok() {
@@ -805,7 +1065,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn reap_stale_kills_group_members_that_outlived_their_shell() {
+    async fn survey_stops_what_is_left_of_a_dead_worker() {
         let dir = tempfile::tempdir().unwrap();
         let (sup, mut rx) = supervisor(dir.path(), Duration::from_secs(5));
         let template = WorkerTemplate {
@@ -823,23 +1083,80 @@ mod tests {
         wait_until("the orphaned sleep", || {
             live_group_members(pgid).iter().any(|(_, c)| c == "sleep")
         });
-        assert_eq!(reap_stale(dir.path()).await, 1);
+        let survey = survey(dir.path()).await;
+        assert!(survey.running.is_empty(), "{:?}", survey.running);
+        assert_eq!(survey.stopped, 1);
         wait_until("the group to be gone", || {
             live_group_members(pgid).is_empty()
         });
+        assert!(!record_path(dir.path(), 5).exists());
     }
 
     #[tokio::test]
-    async fn reap_stale_kills_recorded_processes() {
+    async fn a_running_worker_is_found_adopted_watched_and_stopped_whole() {
         let dir = tempfile::tempdir().unwrap();
-        let (sup, _rx) = supervisor(dir.path(), Duration::from_secs(5));
-        let spawned = sup.spawn(9, "t", &WorkerTemplate::default()).unwrap();
-        assert!(process_start_time(spawned.worker.pid).is_some());
-        assert_eq!(reap_stale(dir.path()).await, 1);
-        let mut handle = spawned.worker.clone();
-        tokio::time::timeout(Duration::from_secs(30), handle.wait())
+        let (first, _first_rx) = supervisor(dir.path(), Duration::from_secs(5));
+        let template = WorkerTemplate {
+            worker_command: Some("sleep 1000; true".into()),
+            consumer_command: Some("sleep 1000; true".into()),
+            ..Default::default()
+        };
+        let spawned = first.spawn(9, "tok", &template).unwrap();
+        let consumer = spawned.consumer.clone().unwrap();
+        for pgid in [spawned.worker.pid, consumer.pid] {
+            wait_until("a sleep in the group", || {
+                live_group_members(pgid)
+                    .iter()
+                    .any(|(p, c)| *p != pgid && c == "sleep")
+            });
+        }
+        let mode = fs::metadata(record_path(dir.path(), 9))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+
+        // A later engine finds it, as recorded.
+        let found = survey(dir.path()).await;
+        assert_eq!(found.stopped, 0);
+        let [record] = found.running.as_slice() else {
+            panic!("{:?}", found.running)
+        };
+        assert_eq!(record.worker_id, 9);
+        assert_eq!(record.mtoken, "tok");
+        assert_eq!(record.url, spawned.url);
+        assert_eq!(record.control_port, spawned.control_port);
+        assert_eq!(record.worker.pid, spawned.worker.pid);
+        assert_eq!(record.consumer.map(|c| c.pid), Some(consumer.pid));
+        // A pid with another start time is another process.
+        let reused = RecordedProcess {
+            pid: record.worker.pid,
+            start: record.worker.start + 1,
+        };
+        assert!(!is_running(&reused));
+
+        let (second, mut rx) = supervisor(dir.path(), Duration::from_secs(5));
+        let adopted = second.adopt(record).unwrap();
+        assert_eq!(adopted.worker.pid, spawned.worker.pid);
+        // Its exits are watched although it is not a child of `second`.
+        let _ = killpg(Pid::from_raw(consumer.pid), Signal::SIGKILL);
+        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
             .await
+            .unwrap()
             .unwrap();
-        assert!(!pidfile(dir.path(), 9).exists());
+        assert_eq!((ev.worker_id, ev.kind), (9, ProcKind::Consumer));
+        assert_eq!(ev.generation, adopted.generation);
+        assert!(adopted.consumer.as_ref().unwrap().has_exited());
+        // Stopping it stops its whole group and removes the record.
+        second.stop(9, &adopted).await;
+        assert!(adopted.worker.has_exited());
+        wait_until("the worker's group to be gone", || {
+            live_group_members(spawned.worker.pid).is_empty()
+        });
+        assert!(!record_path(dir.path(), 9).exists());
+        // Adopting a gone process fails.
+        assert!(second.adopt(record).is_err());
     }
 }

@@ -39,6 +39,8 @@ impl SpawnedEngine {
             .arg(dir.path().join("state"))
             .arg("--account-key")
             .arg(ACCOUNT_KEY)
+            // SIGTERM at the end stops its workers (and they die with it).
+            .arg("--stop-workers-on-exit")
             .args(extra)
             .current_dir(dir.path());
         let guard = ChildGuard::spawn(cmd, log)?;

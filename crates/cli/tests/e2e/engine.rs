@@ -546,13 +546,15 @@ fn engine_restart_keeps_endpoints_and_keys() {
         assert!(status.success(), "{status:?}");
         (ep, key)
     };
-    let mode = std::fs::metadata(dir.join("signing_key.pem"))
-        .unwrap()
-        .permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o600
-    );
+    // The files holding keys are readable by their owner only.
+    for file in ["signing_key.pem", "engine.sqlite3"] {
+        let mode = std::fs::metadata(dir.join(file)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600,
+            "{file}"
+        );
+    }
     let mut engine = EngineGuard::start_in(&dir, &[]);
     assert!(
         engine
@@ -775,4 +777,188 @@ fn engine_endpoint_cli_creates_lists_and_shows_workers_and_logs() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("account key"));
+}
+
+#[test]
+fn engine_serves_pubkey_while_trickling_connections_hold_its_descriptors() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = EngineGuard::start_with_fd_limit(
+        &tmp.path().join("state"),
+        &["--account-key", ACCOUNT_KEY],
+        Some(256),
+    );
+    let addr = engine.url.trim_start_matches("http://").to_owned();
+    // More half-sent requests than the engine has descriptors.
+    let mut trickling = Vec::new();
+    for _ in 0..366 {
+        let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+        s.write_all(b"GET /pubkey/ HTTP/1.1\r\nhost: x\r\n")
+            .unwrap();
+        trickling.push(s);
+    }
+    let quick = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let pem = quick
+            .get(format!("{}/pubkey/", engine.url))
+            .send()
+            .expect("/pubkey/ answers while the connections are held")
+            .text()
+            .unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    }
+    // A declared body over the limit is refused before it is sent.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /worker_status/ HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000000\r\n\r\n")
+        .unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer without the body");
+    assert_eq!(&head, b"HTTP/1.1 413");
+    drop(trickling);
+}
+
+/// Live (not zombie) processes of process group `pgid`.
+fn group_members(pgid: i64) -> Vec<i64> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        // After the name: state (field 3), ppid (4), pgrp (5).
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+/// Kills process groups when dropped, so a failing test leaves nothing.
+struct GroupReaper(Vec<i64>);
+
+impl Drop for GroupReaper {
+    fn drop(&mut self) {
+        for pgid in &self.0 {
+            // SAFETY: killpg(2) on groups this test's engine started.
+            unsafe { libc::killpg(*pgid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+fn session_get(ready: &Value, session_id: &str) -> u16 {
+    let url = ready["url"].as_str().expect("url");
+    http()
+        .post(format!("{url}/session/get"))
+        .json(&json!({"session_id": session_id, "session_auth": ready}))
+        .send()
+        .expect("session/get")
+        .status()
+        .as_u16()
+}
+
+/// The engine goes (by `signal`) while a worker holds a session, and comes
+/// back on the same state directory: the worker kept running and kept its
+/// session, is listed and routable again, logs to the same file, and
+/// stopping it later leaves nothing of its process groups.
+fn engine_restart_loses_nothing(signal: i32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let args = ["--account-key", ACCOUNT_KEY, "--scale-down-delay", "1"];
+    let mut engine = EngineGuard::start_in(&dir, &args);
+    let ep = engine.create_seed_endpoint(
+        "survivor",
+        json!({"max_workers": 1, "inactivity_timeout": -1,
+               "consumer_command": "sleep 1000; true"}),
+    );
+    let ready = engine.route_until_ready(&ep, LONG);
+    let session = open_session(&ready);
+    let (id, pid, consumer_pid) = wait_for("the worker to report the session", LONG, || {
+        engine
+            .workers_detail(&ep)
+            .into_iter()
+            .find(|w| w["reqs_working"] == 1)
+            .map(|w| {
+                (
+                    w["id"].as_i64().unwrap(),
+                    w["pid"].as_i64().unwrap(),
+                    w["consumer_pid"].as_i64().unwrap(),
+                )
+            })
+    });
+    let _reaper = GroupReaper(vec![pid, consumer_pid]);
+    // The consumer's shell runs a child of its own.
+    wait_for("the consumer's sleep", LONG, || {
+        (group_members(consumer_pid).len() >= 2).then_some(())
+    });
+    let members = group_members(pid).len() + group_members(consumer_pid).len();
+
+    engine.stop_with(signal).expect("the engine exits");
+    // Nothing was lost while the engine is gone.
+    assert!(alive(pid) && alive(consumer_pid));
+    assert_eq!(session_get(&ready, &session), 200);
+    let log = dir.join(format!("workers/{id}/worker.log"));
+    let log_len = std::fs::metadata(&log).unwrap().len();
+
+    // On the same address: the worker reports where it was told to.
+    let listen = engine.url.trim_start_matches("http://").to_owned();
+    let mut again_args = args.to_vec();
+    again_args.extend(["--listen", listen.as_str()]);
+    let engine = EngineGuard::start_in(&dir, &again_args);
+    let back = wait_for("the worker listed again with its session", LONG, || {
+        let ws = engine.workers(&ep);
+        ws.iter()
+            .find(|w| w["id"] == id && w["status"] == "IDLE" && w["reqs_working"] == 1)
+            .cloned()
+    });
+    assert_eq!(back["url"], ready["url"]);
+    let detail = engine.workers_detail(&ep);
+    assert_eq!(detail.len(), 1, "{detail:?}");
+    assert_eq!(detail[0]["pid"].as_i64(), Some(pid));
+    assert_eq!(detail[0]["consumer_pid"].as_i64(), Some(consumer_pid));
+    assert_eq!(
+        group_members(pid).len() + group_members(consumer_pid).len(),
+        members
+    );
+    // It holds its one session: not routed to while it does.
+    let waiting = engine.route(&ep, 0, 100.0);
+    assert!(waiting.get("url").is_none(), "{waiting}");
+    assert_eq!(session_get(&ready, &session), 200);
+    end_session(&ready, &session);
+    let again = engine.poll_until_ready(&ep, waiting["request_idx"].as_u64().unwrap(), LONG);
+    assert_eq!(again["url"], ready["url"]);
+    // Its output still goes to the same file (reports failed while the
+    // engine was gone, and were logged).
+    assert!(std::fs::metadata(&log).unwrap().len() > log_len);
+
+    // Stopping it leaves nothing of its groups.
+    let (status, v) = engine.api(
+        Method::DELETE,
+        &format!("/api/v0/endptjobs/{}/", ep.id),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    wait_for("every process of its groups gone", LONG, || {
+        (group_members(pid).is_empty() && group_members(consumer_pid).is_empty()).then_some(())
+    });
+    assert!(!dir.join(format!("workers/{id}/process.json")).exists());
+}
+
+#[test]
+fn engine_sigkill_while_a_session_is_held_loses_nothing() {
+    engine_restart_loses_nothing(libc::SIGKILL);
+}
+
+#[test]
+fn engine_sigterm_while_a_session_is_held_loses_nothing() {
+    engine_restart_loses_nothing(libc::SIGTERM);
 }

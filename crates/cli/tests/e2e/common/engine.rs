@@ -1,5 +1,5 @@
 //! A real `nullworker engine` for tests: started on an ephemeral loopback
-//! port with its own state directory, stopped with SIGTERM (so it stops its
+//! port with its own state directory, stopped with SIGINT (so it stops its
 //! workers) when dropped, plus small blocking clients for its APIs.
 
 use std::path::{Path, PathBuf};
@@ -57,11 +57,34 @@ impl EngineGuard {
 
     /// An engine on `state_dir` with extra arguments (e.g. `--account-key`).
     pub fn start_in(state_dir: &Path, args: &[&str]) -> Self {
+        Self::start_with_fd_limit(state_dir, args, None)
+    }
+
+    /// Like [`start_in`](Self::start_in), the engine limited to `nofile`
+    /// open file descriptors (soft and hard) when given.
+    pub fn start_with_fd_limit(state_dir: &Path, args: &[&str], nofile: Option<u64>) -> Self {
         let mut cmd = nullworker();
-        cmd.arg("engine")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--state-dir")
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.arg("engine");
+        if !args.contains(&"--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.arg("--state-dir")
             .arg(state_dir)
             .args(args)
             .env_remove("NULLWORKER_ACCOUNT_KEY")
@@ -234,8 +257,14 @@ impl EngineGuard {
             .expect("text")
     }
 
-    /// Stops the engine with SIGTERM and waits for it (it stops its workers).
+    /// Stops the engine with SIGTERM and waits for it (its workers keep
+    /// running unless it runs with `--stop-workers-on-exit`).
     pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Stops the engine with `signal` and waits for it (up to 30 s).
+    pub fn stop_with(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         self.child.child.as_ref()?;
         if matches!(
             self.child.child.as_mut().map(|c| c.try_wait()),
@@ -243,14 +272,15 @@ impl EngineGuard {
         ) {
             return self.child.wait_timeout(Duration::from_secs(1));
         }
-        self.child.signal(libc::SIGTERM);
+        self.child.signal(signal);
         self.child.wait_timeout(Duration::from_secs(30))
     }
 }
 
 impl Drop for EngineGuard {
+    /// SIGINT: the engine stops every worker before it exits.
     fn drop(&mut self) {
-        let _ = self.stop();
+        let _ = self.stop_with(libc::SIGINT);
     }
 }
 
