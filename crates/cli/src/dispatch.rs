@@ -7,13 +7,13 @@
 //! `nullworker_queue::dispatch`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use nullworker_client::{Client, Instance, SessionOptions};
+use nullworker_client::cli::TargetArgs;
+use nullworker_client::SessionOptions;
 use nullworker_queue::dispatch::{
     DispatchEvent, Driver, DriverConfig, Metrics, Outcome, SdkReserver, Stop,
 };
@@ -80,33 +80,9 @@ pub struct DispatchArgs {
     #[arg(long, value_name = "URL", value_parser = parse_queue)]
     pub queue: QueueUrl,
 
-    /// Route service deployment: `prod`, `alpha`, `candidate`, or `local` (a
-    /// `nullworker engine` at http://127.0.0.1:8080). As in `nullworker client`.
-    #[arg(long, default_value = "local", value_parser = nullworker_client::cli::parse_instance, value_name = "NAME")]
-    pub instance: Instance,
-
-    /// Account api key (not an endpoint key; endpoint keys are looked up).
-    #[arg(
-        long,
-        env = "VAST_API_KEY",
-        value_name = "KEY",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub api_key: String,
-
-    /// Route service base URL (overrides --instance).
-    #[arg(long, value_name = "URL")]
-    pub autoscaler_url: Option<String>,
-
-    /// Web API base URL (overrides --instance).
-    #[arg(long, value_name = "URL")]
-    pub webserver_url: Option<String>,
-
-    /// Extra root CA (PEM file) to trust, e.g. Vast's root for HTTPS workers.
-    #[arg(long, value_name = "PEM_FILE")]
-    pub ca_cert: Option<PathBuf>,
+    /// Where the engine is and the key to it (as for `nullworker client`).
+    #[command(flatten)]
+    pub target: TargetArgs,
 
     /// Most sessions open at once (1 to 10000).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=10_000), value_name = "N")]
@@ -229,20 +205,6 @@ impl DispatchArgs {
         Ok(url)
     }
 
-    fn client(&self) -> Result<Client, nullworker_client::Error> {
-        let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
-        if let Some(url) = &self.autoscaler_url {
-            builder = builder.autoscaler_url(url.clone());
-        }
-        if let Some(url) = &self.webserver_url {
-            builder = builder.webserver_url(url.clone());
-        }
-        if let Some(path) = &self.ca_cert {
-            builder = builder.extra_root_ca(path.clone());
-        }
-        builder.build()
-    }
-
     fn session_options(&self) -> SessionOptions {
         SessionOptions {
             cost: self.cost,
@@ -264,7 +226,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let client = args.client()?;
+    let client = args.target.client()?;
     let queue = nullworker_queue::open(&url, OpenMode::Existing)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the queue {url}: {e}"))?;
@@ -427,7 +389,7 @@ mod tests {
         assert_eq!(args.poll_interval, Duration::from_millis(20));
         assert_eq!(args.check_interval, Duration::from_secs(1));
         assert_eq!(args.drain_timeout, None);
-        assert_eq!(args.instance, Instance::Local);
+        assert_eq!(args.target.instance, nullworker_client::Instance::Local);
         let options = args.session_options();
         assert!(options.keep_alive);
         assert_eq!(options.check_interval, Some(Duration::from_secs(1)));

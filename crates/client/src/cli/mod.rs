@@ -36,13 +36,6 @@ pub struct ClientArgs {
     #[arg(long, env = "VAST_ENDPOINT", value_name = "NAME")]
     pub endpoint: String,
 
-    /// Route service deployment: `prod` (https://run.vast.ai), `alpha`,
-    /// `candidate`, or `local` (a `nullworker engine` at http://127.0.0.1:8080,
-    /// which serves both the route service and the web API). `prod`, `alpha`
-    /// and `candidate` use https://console.vast.ai as the web API.
-    #[arg(long, default_value = "local", value_parser = parse_instance, value_name = "NAME")]
-    pub instance: Instance,
-
     /// Number of concurrent sessions (1 to 10000).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub count: i64,
@@ -95,6 +88,36 @@ pub struct ClientArgs {
     )]
     pub timeout: f64,
 
+    /// Seconds between checks that a held session is still open on its
+    /// worker (how soon a release from the worker side is noticed). At least 0.1.
+    #[arg(
+        long,
+        default_value_t = 5.0,
+        allow_negative_numbers = true,
+        value_name = "SECONDS"
+    )]
+    pub check_interval: f64,
+
+    /// Print one JSON object per event and line instead of the live display.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Where the engine is and the key to it.
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+/// The engine to talk to and the account key: the connection flags shared
+/// by `nullworker client` and `nullworker dispatch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TargetArgs {
+    /// Route service deployment: `prod` (https://run.vast.ai), `alpha`,
+    /// `candidate`, or `local` (a `nullworker engine` at http://127.0.0.1:8080,
+    /// which serves both the route service and the web API). `prod`, `alpha`
+    /// and `candidate` use https://console.vast.ai as the web API.
+    #[arg(long, default_value = "local", value_parser = parse_instance, value_name = "NAME")]
+    pub instance: Instance,
+
     /// Account api key (not an endpoint key; endpoint keys are looked up).
     #[arg(
         long,
@@ -117,24 +140,27 @@ pub struct ClientArgs {
     /// Extra root CA (PEM file) to trust, e.g. Vast's root for HTTPS workers.
     #[arg(long, value_name = "PEM_FILE")]
     pub ca_cert: Option<PathBuf>,
-
-    /// Seconds between checks that a held session is still open on its
-    /// worker (how soon a release from the worker side is noticed). At least 0.1.
-    #[arg(
-        long,
-        default_value_t = 5.0,
-        allow_negative_numbers = true,
-        value_name = "SECONDS"
-    )]
-    pub check_interval: f64,
-
-    /// Print one JSON object per event and line instead of the live display.
-    #[arg(long)]
-    pub json: bool,
 }
 
-/// Parses `--instance` (clap value parser; shared with `nullworker dispatch`).
-pub fn parse_instance(s: &str) -> Result<Instance, String> {
+impl TargetArgs {
+    /// Builds the SDK client from the connection flags.
+    pub fn client(&self) -> Result<Client, crate::Error> {
+        let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
+        if let Some(url) = &self.autoscaler_url {
+            builder = builder.autoscaler_url(url.clone());
+        }
+        if let Some(url) = &self.webserver_url {
+            builder = builder.webserver_url(url.clone());
+        }
+        if let Some(path) = &self.ca_cert {
+            builder = builder.extra_root_ca(path.clone());
+        }
+        builder.build()
+    }
+}
+
+/// Parses `--instance` (clap value parser).
+fn parse_instance(s: &str) -> Result<Instance, String> {
     s.parse::<Instance>().map_err(|e| e.to_string())
 }
 
@@ -212,21 +238,6 @@ impl ClientArgs {
             json: self.json,
         })
     }
-
-    /// Builds the SDK client from the connection flags.
-    pub fn client(&self) -> Result<Client, crate::Error> {
-        let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
-        if let Some(url) = &self.autoscaler_url {
-            builder = builder.autoscaler_url(url.clone());
-        }
-        if let Some(url) = &self.webserver_url {
-            builder = builder.webserver_url(url.clone());
-        }
-        if let Some(path) = &self.ca_cert {
-            builder = builder.extra_root_ca(path.clone());
-        }
-        builder.build()
-    }
 }
 
 /// Runs `nullworker client`.
@@ -238,7 +249,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let client = args.client()?;
+    let client = args.target.client()?;
     let endpoint = client.endpoint(&config.endpoint).await.with_context(|| {
         format!(
             "cannot use endpoint {:?} at {}",
