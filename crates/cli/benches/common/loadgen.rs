@@ -133,6 +133,23 @@ impl Connection {
             .with_context(|| format!("reading the reply to POST {path}"))
     }
 
+    /// GETs `path` and reads the whole reply.
+    pub async fn get(&mut self, path: &str) -> anyhow::Result<Reply> {
+        self.out.clear();
+        self.out.extend_from_slice(b"GET ");
+        self.out.extend_from_slice(path.as_bytes());
+        self.out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        self.out.extend_from_slice(self.host.as_bytes());
+        self.out.extend_from_slice(b"\r\n\r\n");
+        self.stream
+            .write_all(&self.out)
+            .await
+            .with_context(|| format!("sending GET {path}"))?;
+        self.read_reply()
+            .await
+            .with_context(|| format!("reading the reply to GET {path}"))
+    }
+
     /// Reads one response with a `Content-Length` body (what both the worker
     /// and the reference send); a chunked or unframed body is an error.
     async fn read_reply(&mut self) -> anyhow::Result<Reply> {
@@ -246,7 +263,17 @@ struct LoopOutcome {
 /// Runs every operation in its own closed loop (next request as soon as
 /// the previous one is answered) for `phase.warmup + phase.measure`.
 pub async fn run_closed_loop<O: Operation>(operations: Vec<O>, phase: Phase) -> PhaseResult {
-    let start = Instant::now();
+    run_closed_loop_from(operations, phase, Instant::now()).await
+}
+
+/// [`run_closed_loop`] with the phase starting at `start` (its warm-up
+/// ends at `start + phase.warmup`), so that load running beside it can
+/// share its measured window.
+pub async fn run_closed_loop_from<O: Operation>(
+    operations: Vec<O>,
+    phase: Phase,
+    start: Instant,
+) -> PhaseResult {
     let measure_start = start + phase.warmup;
     let end = measure_start + phase.measure;
     // Yielding in a loop makes the runtime check its sockets without

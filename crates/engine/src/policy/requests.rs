@@ -136,8 +136,9 @@ struct WorkerAssignments {
     pending_cost: f64,
     /// Number of assignments not yet seen.
     unseen: u32,
-    /// Every assigned index (seen or not).
-    idxs: Vec<u64>,
+    /// Every assigned index (seen or not); a set, so that releasing one of
+    /// many assignments of a worker is O(1), not a scan of them all.
+    idxs: HashSet<u64>,
 }
 
 /// The request table of one endpoint. See the module documentation.
@@ -258,7 +259,7 @@ impl RequestTable {
         let assignments = self.workers.entry(worker_id).or_default();
         assignments.pending_cost += cost;
         assignments.unseen += 1;
-        assignments.idxs.push(idx);
+        assignments.idxs.insert(idx);
         self.changed.insert(worker_id);
         if idx >= self.next_idx {
             self.next_idx = idx + 1;
@@ -561,12 +562,9 @@ impl RequestTable {
             Phase::Assigned { worker, seen, .. } => {
                 let cost = entry.cost;
                 if let Some(assignments) = self.workers.get_mut(&worker) {
-                    if let Some(pos) = assignments.idxs.iter().position(|&i| i == idx) {
-                        assignments.idxs.swap_remove(pos);
-                        if !seen {
-                            assignments.unseen -= 1;
-                            assignments.pending_cost -= cost;
-                        }
+                    if assignments.idxs.remove(&idx) && !seen {
+                        assignments.unseen -= 1;
+                        assignments.pending_cost -= cost;
                     }
                     if assignments.unseen == 0 {
                         assignments.pending_cost = 0.0;
