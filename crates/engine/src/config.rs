@@ -78,6 +78,12 @@ pub struct EngineConfig {
     /// How long `/route/` may hold a WAITING answer while a worker may
     /// become ready (0 answers at once).
     pub route_hold: Duration,
+    /// Address of the dashboard (`/ui/` and its event stream), on a port
+    /// of its own; `None`: no dashboard.
+    pub ui_listen: Option<SocketAddr>,
+    /// Serve the dashboard without the account key (loopback addresses
+    /// only).
+    pub ui_no_auth: bool,
 }
 
 impl EngineConfig {
@@ -95,6 +101,8 @@ impl EngineConfig {
             stale_after: 30.0,
             scale_down_delay: 5.0,
             route_hold: DEFAULT_ROUTE_HOLD,
+            ui_listen: None,
+            ui_no_auth: false,
         })
     }
 
@@ -125,6 +133,13 @@ impl EngineConfig {
             return Err(EngineError::Config(format!(
                 "route hold {:?}: expected at most 8 s (the SDK gives up on /route/ after 10 s)",
                 self.route_hold
+            )));
+        }
+        if self.ui_no_auth && !self.ui_listen.is_some_and(|a| a.ip().is_loopback()) {
+            return Err(EngineError::Config(format!(
+                "--ui-no-auth with the dashboard on {}: expected a loopback address (127.0.0.1 or ::1); elsewhere the dashboard needs the account key",
+                self.ui_listen
+                    .map_or_else(|| "no address".to_owned(), |a| a.to_string())
             )));
         }
         if self.tick.is_zero() {
@@ -219,6 +234,15 @@ mod tests {
             .to_string()
             .contains("worker command"));
         let mut config = EngineConfig::new("/tmp/x").unwrap();
+        config.ui_listen = Some("0.0.0.0:8081".parse().unwrap());
+        config.ui_no_auth = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--ui-no-auth") && err.contains("0.0.0.0:8081"),
+            "{err}"
+        );
+        config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.validate().unwrap();
         config.stale_after = -1.0;
         assert!(config
             .validate()

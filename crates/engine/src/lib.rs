@@ -18,6 +18,9 @@
 //!   [`state`] / [`db`] — the state directory; [`config`] — the validated
 //!   [`EngineConfig`].
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
+//! * [`ui`] — the dashboard on its own port, fed by [`events`], the
+//!   engine's event stream (the registry's observations, published after
+//!   its lock is released).
 pub mod api;
 pub mod cli;
 pub mod clock;
@@ -27,6 +30,7 @@ pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod http_error;
 pub mod metrics;
 pub mod policy;
@@ -39,6 +43,7 @@ pub mod store;
 pub mod supervisor;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineHandle, WorkerInfo};
