@@ -151,7 +151,7 @@ fn page(status: StatusCode, body: String) -> Response {
             (header::CACHE_CONTROL, "no-store"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; frame-ancestors 'none'; form-action 'self'",
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; form-action 'self'",
             ),
             (header::REFERRER_POLICY, "no-referrer"),
         ],
