@@ -24,7 +24,7 @@ const UP = new Set(["create", "start"]);
 
 const model = { endpoints: new Map(), now: 0 };
 const view = { route: null, selected: null, logKind: "worker", logTimer: null, tableTimer: null, dirty: true };
-const perf = { firstRender: null, renders: 0, renderMs: 0, events: 0, bytes: 0 };
+const perf = { firstRender: null, renders: 0, renderMs: 0, maxMs: 0, events: 0, bytes: 0 };
 window.nullworkerDashboard = { model, perf };
 
 function endpoint(name) {
@@ -440,6 +440,7 @@ function render() {
   const took = performance.now() - t0;
   perf.renders += 1;
   perf.renderMs += took;
+  perf.maxMs = Math.max(perf.maxMs, took);
   if (perf.firstRender === null && model.endpoints.size) perf.firstRender = performance.now();
   document.body.dataset.renders = perf.renders;
 }

@@ -39,7 +39,11 @@ impl SpawnedEngine {
             .arg(dir.path().join("state"))
             .arg("--account-key")
             .arg(ACCOUNT_KEY)
-            .args(["--ui-listen", "127.0.0.1:0"])
+            .args(if extra.contains(&"--ui-listen") {
+                &[][..]
+            } else {
+                &["--ui-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .current_dir(dir.path());
         let guard = ChildGuard::spawn(cmd, log)?;

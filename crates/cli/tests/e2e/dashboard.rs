@@ -61,23 +61,7 @@ fn dashboard_shows_a_seed_endpoint_scaling_0_3_0_with_reasons() {
 
     rt.block_on(async {
         // The login form: the key goes into a POST body, never a URL.
-        client.goto(&ui_url).await.unwrap();
-        let url = client.current_url().await.unwrap();
-        assert!(url.path().ends_with("/ui/login"), "{url}");
-        client
-            .find(Locator::Css("input[name=key]"))
-            .await
-            .unwrap()
-            .send_keys(&engine.account_key)
-            .await
-            .unwrap();
-        client
-            .find(Locator::Css("button[type=submit]"))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        browser.log_in(&ui_url, &engine.account_key).await;
         wait_page(&client, "the endpoint in the overview", Duration::from_secs(20),
             "const r = document.querySelector('tr.endpoint-row[data-endpoint=\"dash\"]'); return r ? r.textContent : null;",
             |v| v.as_str().is_some_and(|t| t.contains("seed"))).await;

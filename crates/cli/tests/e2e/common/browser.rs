@@ -1,27 +1,27 @@
-//! Headless Chromium for the dashboard's tests and benchmark: starts
+//! Headless Chromium for the dashboard's test and benchmark: starts
 //! `chromedriver` on a free loopback port and opens a WebDriver session
 //! with a fresh profile. A missing `chromium` or `chromedriver` fails with
-//! the install hint; it is never a skip.
+//! the install hint; it is never a skip. Self-contained (the benchmark
+//! includes this file too).
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder};
 use serde_json::json;
-
-use super::process::{free_port, wait_for, ChildGuard};
 
 /// How to install what the browser tests need.
 pub const INSTALL_HINT: &str = "install Debian's chromium and chromium-driver: run scripts/setup-test-deps.sh (or apt-get install chromium chromium-driver)";
 
 fn find(names: &[&str]) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
+    let extra = [
+        PathBuf::from("/usr/bin"),
+        PathBuf::from("/usr/lib/chromium"),
+    ];
     for name in names {
-        for dir in std::env::split_paths(&path).chain([
-            PathBuf::from("/usr/bin"),
-            PathBuf::from("/usr/lib/chromium"),
-        ]) {
+        for dir in std::env::split_paths(&path).chain(extra.iter().cloned()) {
             let candidate = dir.join(name);
             if candidate.is_file() {
                 return Some(candidate);
@@ -31,11 +31,21 @@ fn find(names: &[&str]) -> Option<PathBuf> {
     None
 }
 
+/// chromedriver, killed when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running chromedriver and a browser session on it.
 pub struct Browser {
     /// The WebDriver client.
     pub client: Client,
-    _driver: ChildGuard,
+    _driver: Driver,
     _profile: tempfile::TempDir,
 }
 
@@ -46,15 +56,25 @@ impl Browser {
             .unwrap_or_else(|| panic!("no chromium found on PATH: {INSTALL_HINT}"));
         let driver = find(&["chromedriver"])
             .unwrap_or_else(|| panic!("no chromedriver found on PATH: {INSTALL_HINT}"));
-        let port = free_port();
-        let mut cmd = Command::new(&driver);
-        cmd.arg(format!("--port={port}"))
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Command::new(&driver)
+            .arg(format!("--port={port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let driver_guard = ChildGuard::spawn(cmd);
-        wait_for("chromedriver to listen", Duration::from_secs(30), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-        });
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}; {INSTALL_HINT}", driver.display()));
+        let driver_guard = Driver(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let profile = tempfile::tempdir().expect("profile directory");
         let args = vec![
             "--headless".to_owned(),
@@ -89,9 +109,32 @@ impl Browser {
         }
     }
 
+    /// Logs in to the dashboard at `ui_url` with the account key, through
+    /// its form (the key goes into a POST body, never a URL).
+    pub async fn log_in(&self, ui_url: &str, account_key: &str) {
+        use fantoccini::Locator;
+        self.client.goto(ui_url).await.unwrap();
+        let url = self.client.current_url().await.unwrap();
+        assert!(url.path().ends_with("/ui/login"), "{url}");
+        self.client
+            .find(Locator::Css("input[name=key]"))
+            .await
+            .unwrap()
+            .send_keys(account_key)
+            .await
+            .unwrap();
+        self.client
+            .find(Locator::Css("button[type=submit]"))
+            .await
+            .unwrap()
+            .click()
+            .await
+            .unwrap();
+    }
+
     /// Ends the session (the browser exits) and stops chromedriver.
     pub async fn close(self) {
-        let _ = self.client.close().await;
+        let _ = self.client.clone().close().await;
     }
 }
 
