@@ -722,6 +722,78 @@ mod tests {
         handle.shutdown().await;
     }
 
+    /// The registry's observations reach the stream: a scale-up with its
+    /// reason, the worker's states, a session held and released as its
+    /// reports list it, and the sample counting it busy.
+    #[tokio::test(start_paused = true)]
+    async fn scale_actions_worker_states_and_sessions_reach_the_stream() {
+        use crate::events::EngineEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (status, body) = call(
+            &core,
+            "POST",
+            "/api/v0/endptjobs/",
+            json!({"endpoint_name": "e", "cold_workers": 0, "target_util": 1.0,
+                   "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["result"].as_i64().unwrap();
+        let first = core.events.last_id();
+        let api_key = core.registry().stored(id).unwrap().api_key.clone();
+        let route = json!({"endpoint": "e", "api_key": api_key, "cost": 100});
+        let (_, waiting) = call(&core, "POST", "/route/", route).await;
+        assert!(waiting["status"].is_string(), "{waiting}");
+        let (wid, mtoken) = crate::testing::wait_for(|| fake.launches().first().cloned()).await;
+        let report = |idxs: Vec<u64>| {
+            json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
+                   "max_perf": 100.0, "url": crate::testing::FakeLauncher::url(wid),
+                   "working_request_idxs": idxs})
+        };
+        for idxs in [vec![], vec![7], vec![]] {
+            let (status, body) = call(&core, "POST", "/worker_status/", report(idxs)).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let Catchup::Replay(events) = core.events.since(Some(first)) else {
+            panic!("expected a replay");
+        };
+        let scale = events
+            .iter()
+            .find_map(|e| match &e.event {
+                EngineEvent::Scale {
+                    action,
+                    reason,
+                    want_active,
+                    demand,
+                    ..
+                } => Some((*action, *reason, *want_active, *demand)),
+                _ => None,
+            })
+            .expect("a scale event");
+        assert_eq!(scale, ("create", "scale_from_zero", 1, 100.0), "{events:?}");
+        let states: Vec<WorkerState> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                EngineEvent::WorkerState { worker, to, .. } if *worker == wid => Some(*to),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states.last(), Some(&WorkerState::Idle), "{states:?}");
+        let sessions: Vec<(usize, &str)> = events
+            .iter()
+            .filter_map(|e| match &e.event {
+                EngineEvent::Session { held, change, .. } => Some((*held, *change)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sessions, vec![(1, "held"), (0, "released")]);
+        let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+        assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "{ids:?}");
+        handle.shutdown().await;
+    }
+
     #[tokio::test]
     async fn a_dispatcher_report_needs_the_account_key_and_shows_in_the_samples() {
         let dir = tempfile::tempdir().unwrap();
