@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs the real servers the tests start: redis-server (and redis-cli,
 # the producer of the queue tests) and nats-server (JetStream), plus socat and
-# curl for the shell example consumer (examples/consumers/shell), from
-# Debian's packages. Idempotent: installs nothing when all are present.
+# curl for the shell example consumer (examples/consumers/shell), and
+# chromium with chromedriver for the dashboard's browser test and benchmark
+# (crates/cli/tests/e2e/dashboard.rs), from Debian's packages.
+# Idempotent: installs nothing when all are present.
 #
 # Runs as root (CI and sessions do) or through sudo; elsewhere it prints the
 # apt-get command to run and fails.
@@ -17,6 +19,8 @@ declare -A wanted=(
     [nats-server]=nats-server
     [socat]=socat
     [curl]=curl
+    [chromium]=chromium
+    [chromedriver]=chromium-driver
 )
 
 missing=()
@@ -26,7 +30,7 @@ for binary in "${!wanted[@]}"; do
     fi
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-    log "redis-server, redis-cli, nats-server, socat and curl are installed"
+    log "redis-server, redis-cli, nats-server, socat, curl, chromium and chromedriver are installed"
     exit 0
 fi
 

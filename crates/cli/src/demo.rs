@@ -183,6 +183,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut engine_config =
         EngineConfig::new(&state_dir).context("cannot configure the embedded engine")?;
     engine_config.listen = "127.0.0.1:0".parse().expect("valid address");
+    // The dashboard on a free loopback port, without a login (loopback only).
+    engine_config.ui_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+    engine_config.ui_no_auth = true;
     let engine = Engine::start(engine_config)
         .await
         .context("cannot start the embedded engine")?;
@@ -204,6 +207,9 @@ async fn demo(engine: &EngineHandle, config: &DemoConfig) -> anyhow::Result<Exit
             "engine listening on {engine_url} (temporary state, workers run `nullworker serve`)"
         ),
     );
+    if let Some(ui) = engine.ui_url() {
+        say(&out, t0, &format!("dashboard on {ui}"));
+    }
 
     let client = Client::builder(account_key)
         .autoscaler_url(&engine_url)

@@ -82,6 +82,9 @@ pub async fn run(jobs: u32) -> anyhow::Result<ExitCode> {
     let mut engine_config =
         EngineConfig::new(dir.0.join("state")).context("cannot configure the embedded engine")?;
     engine_config.listen = "127.0.0.1:0".parse().expect("valid address");
+    // The dashboard on a free loopback port, without a login (loopback only).
+    engine_config.ui_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+    engine_config.ui_no_auth = true;
     let engine = Engine::start(engine_config)
         .await
         .context("cannot start the embedded engine")?;
@@ -107,6 +110,9 @@ async fn demo(engine: &EngineHandle, dir: &TempDir, jobs: u32) -> anyhow::Result
             "engine listening on {engine_url} (temporary state, workers run `nullworker serve`)"
         ),
     );
+    if let Some(ui) = engine.ui_url() {
+        say(&out, t0, &format!("dashboard on {ui}"));
+    }
 
     // The queue: a SQLite file in the temporary directory.
     let db = dir.0.join("queue.sqlite3");

@@ -245,6 +245,15 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     };
     let stop = Stop::default();
     watch_signals(stop.clone())?;
+    if let Some(engine) = local_engine(client.webserver_url()) {
+        tokio::spawn(report_to_engine(
+            engine,
+            args.target.api_key.clone(),
+            endpoint.name().to_owned(),
+            metrics.clone(),
+            stop.shutdown.clone(),
+        ));
+    }
 
     if args.json {
         print_json(&json!({
@@ -289,6 +298,65 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
                 args.lifetime.as_secs_f64()
             );
             Ok(ExitCode::from(EXIT_ABANDONED))
+        }
+    }
+}
+
+/// The base URL of the web API if it is a `nullworker engine` on this
+/// machine (a loopback `http://` address), to which the dispatcher reports.
+fn local_engine(webserver_url: &str) -> Option<String> {
+    let rest = webserver_url.strip_prefix("http://")?;
+    let host = rest.split('/').next()?;
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| format!("http://{host}"))
+}
+
+/// Once a second, tells a local engine's dashboard the backlog, in-flight
+/// jobs and held sessions (`POST /api/v0/dispatch_report/`, account key).
+/// Failures are logged at debug level; the dispatcher never waits on them
+/// (each report has a 2 s timeout, on its own task).
+async fn report_to_engine(
+    engine: String,
+    account_key: String,
+    endpoint: String,
+    metrics: Arc<Metrics>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    else {
+        return;
+    };
+    let url = format!("{engine}/api/v0/dispatch_report/");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (backlog, in_flight, held) = metrics.counts_now();
+        let body =
+            json!({"endpoint": endpoint, "backlog": backlog, "in_flight": in_flight, "held": held});
+        match http
+            .post(&url)
+            .bearer_auth(&account_key)
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => {
+                tracing::debug!(status = %resp.status(), "the engine refused the dispatch report")
+            }
+            Err(err) => tracing::debug!(%err, "cannot report to the engine"),
         }
     }
 }
@@ -360,6 +428,22 @@ fn watch_signals(stop: Stop) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_loopback_engine_gets_the_dispatch_reports() {
+        assert_eq!(
+            local_engine("http://127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(
+            local_engine("http://[::1]:9000/").as_deref(),
+            Some("http://[::1]:9000")
+        );
+        assert_eq!(local_engine("https://console.vast.ai"), None);
+        assert_eq!(local_engine("http://10.0.0.1:8080"), None);
+        assert_eq!(local_engine("http://127.0.0.1.example.com:80"), None);
+        assert_eq!(local_engine("http://localhost.example.com"), None);
+    }
     use clap::Parser;
 
     #[derive(Parser)]

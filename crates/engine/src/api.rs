@@ -878,20 +878,40 @@ async fn worker_logs(
 ) -> Result<Response, WebError> {
     let id = authorised_id(&core, &headers, &query, &id, "endpoint job")?;
     let worker_id = parse_id(&worker_id, "worker")?;
+    let consumer =
+        query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
+    worker_log(
+        &core,
+        id,
+        worker_id,
+        consumer,
+        query_value(&query, "tail").as_deref(),
+    )
+    .await
+}
+
+/// The end of a worker's (or its consumer's) log as text, for the web API
+/// and the dashboard: the worker must belong to endpoint `id`; `tail` is
+/// the `?tail=` value, if any.
+pub async fn worker_log(
+    core: &Core,
+    id: i64,
+    worker_id: i64,
+    consumer: bool,
+    tail: Option<&str>,
+) -> Result<Response, WebError> {
     let owner = core
         .store
         .call(move |db| db.worker_endpoint(worker_id))
         .await
         .ok_or_else(|| WebError::Unavailable("engine shutting down".into()))?
-        .map_err(|e| store_failure(&core, e))?;
+        .map_err(|e| store_failure(core, e))?;
     if owner != Some(id) {
         return Err(WebError::NotFound(format!(
             "worker {worker_id} of endpoint {id}"
         )));
     }
-    let consumer =
-        query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    let tail = log_tail(query_value(&query, "tail").as_deref())?;
+    let tail = log_tail(tail)?;
     let kind = if consumer {
         crate::supervisor::ProcKind::Consumer
     } else {

@@ -86,6 +86,42 @@ pub struct EngineArgs {
     /// limit, at most 8192.
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Address of the dashboard (`/ui/`), or `off`. Default: the --listen
+    /// address with its port + 1 (127.0.0.1:8081), or port 0 (any free
+    /// port) when --listen has port 0.
+    #[arg(long, env = "NULLWORKER_UI_LISTEN", value_name = "ADDR|off")]
+    pub ui_listen: Option<String>,
+    /// Serve the dashboard without the account key (only on a loopback
+    /// --ui-listen address).
+    #[arg(long, env = "NULLWORKER_UI_NO_AUTH")]
+    pub ui_no_auth: bool,
+}
+
+/// The dashboard's address: `--ui-listen` (`off`: none), else `listen`
+/// with its port + 1 (port 0 stays 0).
+pub fn ui_address(
+    listen: SocketAddr,
+    ui_listen: Option<&str>,
+) -> Result<Option<SocketAddr>, EngineError> {
+    match ui_listen.map(str::trim) {
+        Some("off") => Ok(None),
+        Some(raw) => raw.parse().map(Some).map_err(|_| {
+            EngineError::Config(format!(
+                "--ui-listen {raw:?}: expected an address such as 127.0.0.1:8081, or off"
+            ))
+        }),
+        None => {
+            let port = match listen.port() {
+                0 => 0,
+                p => p.checked_add(1).ok_or_else(|| {
+                    EngineError::Config(format!(
+                        "--listen {listen}: no port above it for the dashboard; set --ui-listen"
+                    ))
+                })?,
+            };
+            Ok(Some(SocketAddr::new(listen.ip(), port)))
+        }
+    }
 }
 
 impl EngineArgs {
@@ -140,6 +176,8 @@ impl EngineArgs {
         config.retention.max_age = Duration::from_secs_f64(self.keep_ended_days * 86_400.0);
         config.retention.log_max_bytes = self.log_max_bytes;
         config.retention.log_files = self.log_files;
+        config.ui_listen = ui_address(self.listen, self.ui_listen.as_deref())?;
+        config.ui_no_auth = self.ui_no_auth;
         config.validate()?;
         Ok(config)
     }
@@ -164,6 +202,9 @@ pub async fn run_engine(args: EngineArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("nullworker engine: listening on {}", handle.url());
+    if let Some(url) = handle.ui_url() {
+        println!("nullworker engine: dashboard on {url}");
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
     let stop_workers = tokio::select! {
@@ -690,5 +731,32 @@ mod tests {
         assert!(!config(&["--allow-external-workers"]).strict);
         let both = Cli::try_parse_from(["x", "--strict", "--allow-external-workers"]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn the_dashboard_listens_one_port_above_unless_told() {
+        assert_eq!(
+            config(&[]).ui_listen,
+            Some("127.0.0.1:8081".parse().unwrap())
+        );
+        let c = config(&["--listen", "127.0.0.1:0"]);
+        assert_eq!(c.ui_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config(&["--ui-listen", "off"]).ui_listen, None);
+        let c = config(&["--ui-listen", "127.0.0.1:0", "--ui-no-auth"]);
+        assert!(c.ui_no_auth);
+        let bad = Cli::try_parse_from(["x", "--ui-listen", "0.0.0.0:9", "--ui-no-auth"])
+            .unwrap()
+            .engine
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("--ui-no-auth"), "{bad}");
+        let bad = Cli::try_parse_from(["x", "--ui-listen", "nowhere"])
+            .unwrap()
+            .engine
+            .config()
+            .unwrap_err()
+            .to_string();
+        assert!(bad.contains("\"nowhere\""), "{bad}");
     }
 }

@@ -88,6 +88,12 @@ pub struct EngineConfig {
     /// Limits of the HTTP server (header and request timeouts, connection
     /// cap, body size).
     pub serve: crate::serve::ServeLimits,
+    /// Address of the dashboard (`/ui/` and its event stream), on a port
+    /// of its own; `None`: no dashboard.
+    pub ui_listen: Option<SocketAddr>,
+    /// Serve the dashboard without the account key (loopback addresses
+    /// only).
+    pub ui_no_auth: bool,
 }
 
 impl EngineConfig {
@@ -108,6 +114,8 @@ impl EngineConfig {
             workers_outlive_engine: false,
             retention: crate::housekeeping::Retention::default(),
             serve: crate::serve::ServeLimits::default(),
+            ui_listen: None,
+            ui_no_auth: false,
         })
     }
 
@@ -138,6 +146,13 @@ impl EngineConfig {
             return Err(EngineError::Config(format!(
                 "route hold {:?}: expected at most 8 s (the SDK gives up on /route/ after 10 s)",
                 self.route_hold
+            )));
+        }
+        if self.ui_no_auth && !self.ui_listen.is_some_and(|a| a.ip().is_loopback()) {
+            return Err(EngineError::Config(format!(
+                "--ui-no-auth with the dashboard on {}: expected a loopback address (127.0.0.1 or ::1); elsewhere the dashboard needs the account key",
+                self.ui_listen
+                    .map_or_else(|| "no address".to_owned(), |a| a.to_string())
             )));
         }
         if self.tick.is_zero() {
@@ -252,6 +267,15 @@ mod tests {
             .to_string()
             .contains("worker command"));
         let mut config = EngineConfig::new("/tmp/x").unwrap();
+        config.ui_listen = Some("0.0.0.0:8081".parse().unwrap());
+        config.ui_no_auth = true;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("--ui-no-auth") && err.contains("0.0.0.0:8081"),
+            "{err}"
+        );
+        config.ui_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.validate().unwrap();
         config.stale_after = -1.0;
         assert!(config
             .validate()

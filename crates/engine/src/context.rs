@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::EngineConfig;
 use crate::endpoint::WorkerTemplate;
+use crate::events::EventHub;
 use crate::metrics::Metrics;
 use crate::registry::{Count, Effect, Event, Registry, Reply};
 use crate::signer::{SignatureCache, UrlSigner};
@@ -81,6 +82,8 @@ pub struct Core {
     pub reqnum: AtomicU64,
     /// Signatures by URL (the signature covers only the URL).
     signatures: SignatureCache,
+    /// The event stream (dashboard, `GET /ui/events`).
+    pub events: EventHub,
     /// Cancelled when the engine shuts down.
     pub shutdown: CancellationToken,
     /// Background work that must finish before the engine is gone.
@@ -129,6 +132,7 @@ impl Core {
             worker_ready: Notify::new(),
             reqnum: AtomicU64::new(1),
             signatures: SignatureCache::default(),
+            events: EventHub::starting_at(parts.clock.now()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -257,6 +261,9 @@ impl Core {
                     Count::WaitToReady(seconds) => self.metrics.wait_to_ready(seconds),
                     Count::Report => self.metrics.report(),
                 },
+                Effect::Observe(observation) => {
+                    self.events.observe(observation, self.clock.now());
+                }
             }
         }
         if wake {

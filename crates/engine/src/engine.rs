@@ -52,6 +52,7 @@ pub struct Engine;
 pub struct EngineHandle {
     core: Arc<Core>,
     local_addr: SocketAddr,
+    ui_addr: Option<SocketAddr>,
     account_key_generated: bool,
 }
 
@@ -100,6 +101,19 @@ impl Engine {
         config.validate()?;
         let local_addr = listener.local_addr()?;
         config.listen = local_addr;
+        let ui_listener = match config.ui_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| EngineError::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let ui_addr = match &ui_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        config.ui_listen = ui_addr;
         let clock = Clock::new();
         let cfg = config.clone();
         let StateDir {
@@ -217,7 +231,7 @@ impl Engine {
         });
         core.run(kicks);
         // The state lock lives as long as the HTTP server task.
-        let router = crate::api::router(core.clone());
+        let router = crate::api::router(core.clone()).merge(crate::ui::report_router(core.clone()));
         let shutdown = core.shutdown.clone();
         let limits = core.config.serve;
         let connections = core.tasks.clone();
@@ -225,6 +239,18 @@ impl Engine {
             let _lock = lock;
             crate::serve::serve(listener, router, limits, shutdown, connections).await;
         });
+        if let Some(listener) = ui_listener {
+            let router = crate::ui::router(core.clone(), core.config.ui_no_auth);
+            let shutdown = core.shutdown.clone();
+            core.tasks.spawn(async move {
+                let serve = axum::serve(listener, router)
+                    .with_graceful_shutdown(shutdown.cancelled_owned());
+                if let Err(err) = serve.await {
+                    tracing::error!(%err, "dashboard server failed");
+                }
+            });
+            core.tasks.spawn(crate::ui::sample_loop(core.clone()));
+        }
         core.tasks.spawn(watch_exits(core.clone(), exits_rx));
         core.tasks.spawn(crate::scaler::run(core.clone()));
         core.tasks.spawn(crate::housekeeping::run(core.clone()));
@@ -232,6 +258,7 @@ impl Engine {
         Ok(EngineHandle {
             core,
             local_addr,
+            ui_addr,
             account_key_generated,
         })
     }
@@ -246,6 +273,16 @@ impl EngineHandle {
     /// `http://<local_addr>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.local_addr)
+    }
+
+    /// The dashboard's address, if it has one.
+    pub fn ui_addr(&self) -> Option<SocketAddr> {
+        self.ui_addr
+    }
+
+    /// The dashboard's URL (`http://<ui addr>/ui/`), if it has one.
+    pub fn ui_url(&self) -> Option<String> {
+        self.ui_addr.map(|a| format!("http://{a}/ui/"))
     }
 
     /// The account key (web API and CLI).

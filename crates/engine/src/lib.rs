@@ -20,6 +20,9 @@
 //!   [`housekeeping`]; [`config`] — the validated
 //!   [`EngineConfig`].
 //! * [`cli`] — `nullworker engine` and `nullworker endpoint ...`.
+//! * [`ui`] — the dashboard on its own port, fed by [`events`], the
+//!   engine's event stream (the registry's observations, published after
+//!   its lock is released).
 pub mod api;
 pub mod cli;
 pub mod clock;
@@ -29,6 +32,7 @@ pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod housekeeping;
 pub mod http_error;
 pub mod metrics;
@@ -43,6 +47,7 @@ pub mod store;
 pub mod supervisor;
 #[cfg(test)]
 mod testing;
+pub mod ui;
 
 pub use config::EngineConfig;
 pub use engine::{Engine, EngineHandle, WorkerInfo};

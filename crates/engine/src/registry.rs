@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::db::StoredEndpoint;
 use crate::endpoint::{EndpointSettings, WorkerTemplate};
+use crate::events::{EndpointView, Observation};
 use crate::policy::autoscale::{ActionKind, Decision, EndpointSnapshot, WorkerView};
 use crate::policy::backoff::SpawnBackoff;
 use crate::policy::requests::RequestTable;
@@ -326,6 +327,8 @@ pub enum Effect {
     },
     /// Bump a metric.
     Count(Count),
+    /// Tell the event stream (never waited on).
+    Observe(Observation),
 }
 
 /// The result of [`Registry::apply`].
@@ -870,6 +873,13 @@ fn record(effects: &mut Vec<Effect>, endpoint: &str, tr: Transition) {
             tracing::info!(endpoint, worker = tr.worker, from = %tr.from, to = %tr.to, "worker state")
         }
     }
+    effects.push(Effect::Observe(Observation::WorkerState {
+        endpoint: endpoint.to_owned(),
+        worker: tr.worker,
+        from: tr.from,
+        to: tr.to,
+        reason: tr.reason.clone(),
+    }));
     effects.push(Effect::Store(StoreOp::UpdateWorker {
         id: tr.worker,
         state: tr.to.as_str(),
@@ -950,6 +960,11 @@ impl Registry {
                     self.config.scale_down_delay,
                 );
                 self.names.insert(stored.name.clone(), id);
+                effects.push(Effect::Observe(Observation::Endpoint(EndpointView::new(
+                    id,
+                    &stored.name,
+                    &stored.settings,
+                ))));
                 self.endpoints
                     .insert(id, Endpoint::new(stored, policy, now));
                 effects.push(Effect::Kick {
@@ -1323,6 +1338,17 @@ impl Registry {
             version: report.version.clone(),
         });
         let idxs = report.working_request_idxs.clone();
+        let listed_before = w
+            .report
+            .as_ref()
+            .map_or(0, |r| r.working_request_idxs.len());
+        if listed_before != idxs.len() {
+            effects.push(Effect::Observe(Observation::Sessions {
+                endpoint: ep.stored.name.clone(),
+                worker: id,
+                held: idxs.len(),
+            }));
+        }
         w.report = Some(report);
         ep.requests.observe_report(id, &idxs, now);
         ep.apply_request_changes();
@@ -1557,6 +1583,10 @@ impl Registry {
             if let Some(ep) = self.endpoints.get_mut(&ep_id) {
                 if ep.take_worker(worker_id).is_some() {
                     tracing::info!(worker = worker_id, "worker destroyed");
+                    effects.push(Effect::Observe(Observation::WorkerGone {
+                        endpoint: ep.stored.name.clone(),
+                        worker: worker_id,
+                    }));
                 }
             }
             ended(effects);
@@ -1628,6 +1658,10 @@ impl Registry {
                 "external worker silent for {silent:.0} s (more than {forget_after:.0} s): forgotten"
             );
             tracing::warn!(endpoint = %ep.stored.name, worker = id, %reason, "worker removed");
+            effects.push(Effect::Observe(Observation::WorkerGone {
+                endpoint: ep.stored.name.clone(),
+                worker: id,
+            }));
             effects.push(Effect::Store(StoreOp::UpdateWorker {
                 id,
                 state: "DESTROYING",
@@ -1714,6 +1748,11 @@ impl Registry {
             ep.backoff_logged = failures;
         }
         let may_launch = ep.backoff.allows(now);
+        effects.push(Effect::Observe(Observation::Demand {
+            endpoint: name.clone(),
+            demand: decision.demand,
+            want_active: decision.want_active,
+        }));
         if !decision.actions.is_empty() {
             tracing::debug!(
                 endpoint = %name,
@@ -1770,6 +1809,15 @@ impl Registry {
             effects.push(Effect::Count(Count::ScaleAction {
                 action: kind,
                 reason: action.reason.as_str(),
+            }));
+            effects.push(Effect::Observe(Observation::Scale {
+                endpoint: name.clone(),
+                action: kind,
+                worker,
+                reason: action.reason.as_str(),
+                detail: action.reason.to_string(),
+                want_active: decision.want_active,
+                demand: decision.demand,
             }));
             match action.kind {
                 ActionKind::Create => {
@@ -1865,6 +1913,11 @@ impl Registry {
             self.config.stale_after,
             self.config.scale_down_delay,
         );
+        effects.push(Effect::Observe(Observation::Endpoint(EndpointView::new(
+            id,
+            &ep.stored.name,
+            &settings,
+        ))));
         ep.stored.settings = settings;
         ep.max_sessions = template_max_sessions(&template);
         ep.stored.template = template;
@@ -1882,6 +1935,9 @@ impl Registry {
     fn delete_endpoint(&mut self, id: i64, now: f64, effects: &mut Vec<Effect>) -> Option<usize> {
         let ep = self.endpoints.remove(&id)?;
         self.names.remove(&ep.stored.name);
+        effects.push(Effect::Observe(Observation::EndpointDeleted {
+            endpoint: ep.stored.name.clone(),
+        }));
         let count = ep.workers.len();
         for (wid, mut w) in ep.workers {
             self.worker_endpoint.remove(&wid);

@@ -41,6 +41,11 @@ impl SpawnedEngine {
             .arg(ACCOUNT_KEY)
             // SIGTERM at the end stops its workers (and they die with it).
             .arg("--stop-workers-on-exit")
+            .args(if extra.contains(&"--ui-listen") {
+                &[][..]
+            } else {
+                &["--ui-listen", "127.0.0.1:0"][..]
+            })
             .args(extra)
             .current_dir(dir.path());
         let guard = ChildGuard::spawn(cmd, log)?;

@@ -96,6 +96,32 @@ fn one_session_per_job_then_a_clean_drain_on_sigterm() {
         "{metrics}"
     );
 
+    // The dispatcher reports its counts to the engine, whose dashboard
+    // stream shows them in the endpoint's samples.
+    let ui = engine.ui_url.as_deref().expect("the dashboard's URL");
+    let stream = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+        .get(format!("{ui}events"))
+        .bearer_auth(&engine.account_key)
+        .send()
+        .expect("GET /ui/events");
+    let dispatch = std::io::BufRead::lines(std::io::BufReader::new(stream))
+        .map_while(Result::ok)
+        .filter_map(|line| line.strip_prefix("data: ").map(str::to_owned))
+        .filter_map(|data| serde_json::from_str::<Value>(&data).ok())
+        .find(|e| {
+            e["type"] == "sample" && e["endpoint"] == ep.name.as_str() && e["dispatch"]["held"] == 2
+        })
+        .expect("a sample with the dispatcher's counts");
+    let d = &dispatch["dispatch"];
+    assert_eq!(
+        d["backlog"].as_u64().unwrap() + d["in_flight"].as_u64().unwrap(),
+        2,
+        "{dispatch}"
+    );
+
     // The consumers' part: take both jobs and acknowledge them.
     for _ in 0..2 {
         let job = rt

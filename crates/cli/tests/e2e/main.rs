@@ -5,6 +5,7 @@
 mod common;
 
 mod client;
+mod dashboard;
 mod dispatch;
 mod engine;
 mod examples;

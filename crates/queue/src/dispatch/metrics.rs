@@ -167,6 +167,17 @@ impl Metrics {
             .set(counts.held as i64);
     }
 
+    /// The backlog, in-flight and held-session gauges, as last set (what
+    /// `nullworker dispatch` reports to a local engine's dashboard).
+    pub fn counts_now(&self) -> (u64, u64, u64) {
+        let held = self.sessions.get_or_create(&vec![("state", "held")]).get();
+        (
+            self.backlog.get().max(0) as u64,
+            self.in_flight.get().max(0) as u64,
+            held.max(0) as u64,
+        )
+    }
+
     /// Records one decision's latency.
     pub fn observe_decision(&self, took: Duration) {
         self.decision.observe(took.as_secs_f64());

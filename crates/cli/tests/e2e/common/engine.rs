@@ -27,6 +27,8 @@ pub struct EngineGuard {
     pub state_dir: PathBuf,
     /// Lines the engine printed on stdout before it was ready.
     pub stdout: Vec<String>,
+    /// The dashboard's URL (`http://127.0.0.1:<port>/ui/`), as printed.
+    pub ui_url: Option<String>,
     _tmp: Option<tempfile::TempDir>,
     http: Client,
 }
@@ -104,6 +106,18 @@ impl EngineGuard {
                 break url.trim().to_owned();
             }
         };
+        // The dashboard's line follows, unless it is off.
+        let ui_off = args.windows(2).any(|w| w == ["--ui-listen", "off"]);
+        let ui_url = (!ui_off).then(|| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("engine did not print its dashboard's URL");
+            lines.push(line.clone());
+            line.strip_prefix("nullworker engine: dashboard on ")
+                .unwrap_or_else(|| panic!("expected the dashboard's URL, got {line:?}"))
+                .trim()
+                .to_owned()
+        });
         let account_key = args
             .windows(2)
             .find(|w| w[0] == "--account-key")
@@ -122,6 +136,7 @@ impl EngineGuard {
             account_key,
             state_dir: state_dir.to_owned(),
             stdout: lines,
+            ui_url,
             _tmp: None,
             http: Client::builder()
                 .timeout(Duration::from_secs(30))

@@ -2,6 +2,7 @@
 //! are killed when dropped, free ports and waiting on conditions.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod engine;
 pub mod fake_engine;
 pub mod process;
