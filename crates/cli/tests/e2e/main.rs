@@ -4,6 +4,7 @@
 
 mod common;
 
+mod chaos;
 mod client;
 mod dashboard;
 mod dispatch;

@@ -396,14 +396,20 @@ fn a_job_whose_consumer_is_killed_runs_again_after_the_visibility_timeout() {
         .unwrap_or_else(|| panic!("worker {} is listed", first.worker));
     let consumer_pid = worker["consumer_pid"].as_i64().expect("consumer_pid") as i32;
     assert!(alive(consumer_pid as i64));
-    // SAFETY: kill(2) on the consumer the engine started for this test, and
-    // on its job's process group (a group of its own, which would otherwise
-    // run on as an orphan).
+    // SAFETY: kill(2) on the consumer the engine started for this test.
     unsafe {
         assert_eq!(libc::kill(consumer_pid, libc::SIGKILL), 0);
-        assert_eq!(libc::kill(-first.pid, libc::SIGKILL), 0);
     }
     let killed_at = now_epoch();
+    // Its job's process group (a group of its own) goes with it.
+    wait_for(
+        "the killed consumer's job gone",
+        Duration::from_secs(5),
+        || {
+            // SAFETY: signal 0 only checks whether the group has members.
+            (unsafe { libc::kill(-first.pid, 0) } != 0).then_some(())
+        },
+    );
 
     flow.wait_all_done(&["victim".to_owned(), "bystander".to_owned()], 0);
     let starts = flow.record.of("start", "victim");
