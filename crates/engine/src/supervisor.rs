@@ -133,6 +133,13 @@ pub enum SpawnError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A process to re-adopt is not the recorded one any more (it exited,
+    /// or its pid now belongs to another process).
+    #[error("the {what} is no longer running")]
+    Gone {
+        /// Which process, e.g. `consumer of worker 3 (pid 1234)`.
+        what: String,
+    },
 }
 
 fn describe_io(what: &str, source: &std::io::Error) -> String {
@@ -519,9 +526,12 @@ impl Supervisor {
         // to the recorded process, not to a later one reusing its pid.
         let pidfd = pidfd_open(p.pid).ok();
         if !is_running(&p) {
-            return Err(SpawnError::Io {
-                what: format!("{} of worker {worker_id} (pid {})", kind.log_name(), p.pid),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            let name = match kind {
+                ProcKind::Worker => "worker process",
+                ProcKind::Consumer => "consumer",
+            };
+            return Err(SpawnError::Gone {
+                what: format!("{name} of worker {worker_id} (pid {})", p.pid),
             });
         }
         let (tx, rx) = watch::channel(false);
