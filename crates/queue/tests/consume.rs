@@ -190,7 +190,7 @@ async fn payload_on_stdin_env_set_exit_0_acks_and_once_returns() {
     let first = f.queue.push(b"first payload\nline 2").await.unwrap();
     f.queue.push(b"second").await.unwrap();
     let script = format!(
-        "cat > {stdin}; env | grep ^NULLWORKER_ | sort > {env}",
+        "cat > {stdin}; env | grep -E '^NULLWORKER_(JOB_ID|JOB_ATTEMPT|QUEUE|SESSION_ID)=' | sort > {env}",
         stdin = f.out("stdin").display(),
         env = f.out("env").display()
     );
