@@ -378,90 +378,13 @@ async fn watch_exits(core: Arc<Core>, mut events: mpsc::UnboundedReceiver<ExitEv
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
     use std::time::Duration;
 
-    use axum::body::Body;
-    use axum::http::{Request, StatusCode};
-    use http_body_util::BodyExt;
-    use serde_json::{json, Value};
-    use tower::ServiceExt;
+    use axum::http::StatusCode;
+    use serde_json::json;
 
     use super::*;
-    use crate::endpoint::WorkerTemplate;
-    use crate::supervisor::{ProcHandle, ProcKind, SpawnError, Spawned};
-
-    /// Launches nothing: records each launch (id, mtoken) for the test.
-    #[derive(Debug, Default)]
-    struct FakeLauncher {
-        launched: Mutex<Vec<(i64, String)>>,
-    }
-
-    impl Launcher for FakeLauncher {
-        fn spawn(
-            &self,
-            worker_id: i64,
-            mtoken: &str,
-            _template: &WorkerTemplate,
-        ) -> Result<Spawned, SpawnError> {
-            self.launched
-                .lock()
-                .unwrap()
-                .push((worker_id, mtoken.to_owned()));
-            let (worker, exited) = ProcHandle::unwatched(0);
-            std::mem::forget(exited);
-            Ok(Spawned {
-                generation: worker_id as u64,
-                url: format!("http://127.0.0.1:{}", 40_000 + worker_id),
-                worker_port: 0,
-                control_port: 0,
-                consumer_port: None,
-                worker,
-                consumer: None,
-            })
-        }
-
-        fn stop<'a>(
-            &'a self,
-            _worker_id: i64,
-            _spawned: &'a Spawned,
-        ) -> futures_util::future::BoxFuture<'a, ()> {
-            Box::pin(async {})
-        }
-
-        fn log_path(&self, worker_id: i64, kind: ProcKind) -> std::path::PathBuf {
-            std::path::PathBuf::from(format!("/nonexistent/{worker_id}/{}", kind.log_name()))
-        }
-    }
-
-    async fn call(core: &Arc<Core>, method: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("authorization", format!("Bearer {}", core.account_key))
-            .header("content-type", "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = crate::api::router(core.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn engine(dir: &std::path::Path) -> (EngineHandle, Arc<FakeLauncher>) {
-        let mut config = EngineConfig::new(dir.join("state")).unwrap();
-        config.route_hold = Duration::from_secs(1);
-        let fake = Arc::new(FakeLauncher::default());
-        let f = fake.clone();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let handle = Engine::start_with(config, listener, Box::new(move |_, _, _| f))
-            .await
-            .unwrap();
-        (handle, fake)
-    }
+    use crate::testing::{call, engine, FakeLauncher};
 
     async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         for _ in 0..1000 {
@@ -476,7 +399,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn route_scales_from_zero_and_a_silent_worker_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
-        let (handle, fake) = engine(dir.path()).await;
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
         let core = handle.core().clone();
         let (status, body) = call(
             &core,
@@ -493,7 +416,7 @@ mod tests {
         let (status, waiting) = call(&core, "POST", "/route/", route.clone()).await;
         assert_eq!(status, StatusCode::OK);
         assert!(waiting["status"].as_str().is_some(), "{waiting}");
-        let (wid, mtoken) = wait_for(|| fake.launched.lock().unwrap().first().cloned()).await;
+        let (wid, mtoken) = wait_for(|| fake.launches().first().cloned()).await;
         let url = format!("http://127.0.0.1:{}", 40_000 + wid);
         let report = json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
                             "max_perf": 100.0, "url": url});
@@ -509,7 +432,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(40)).await;
         let (_, waiting) = call(&core, "POST", "/route/", route).await;
         assert!(waiting["status"].as_str().is_some(), "{waiting}");
-        wait_for(|| (fake.launched.lock().unwrap().len() >= 2).then_some(())).await;
+        wait_for(|| (fake.launches().len() >= 2).then_some(())).await;
         let workers = handle.workers("e").unwrap();
         assert!(workers.iter().all(|w| w.id != wid), "{workers:?}");
         handle.shutdown().await;
