@@ -146,6 +146,21 @@ pub(crate) fn say(out: &Out, t0: Instant, line: &str) {
     let _ = out.flush();
 }
 
+/// Says where the embedded engine and its dashboard listen.
+pub(crate) fn announce_engine(out: &Out, t0: Instant, engine: &EngineHandle) {
+    say(
+        out,
+        t0,
+        &format!(
+            "engine listening on {} (temporary state, workers run `nullworker serve`)",
+            engine.url()
+        ),
+    );
+    if let Some(ui) = engine.ui_url() {
+        say(out, t0, &format!("dashboard on {ui}"));
+    }
+}
+
 /// Writes through the shared output (so display and timeline lines do not interleave mid-line).
 struct SharedWriter(Out);
 
@@ -200,16 +215,7 @@ async fn demo(engine: &EngineHandle, config: &DemoConfig) -> anyhow::Result<Exit
     let account_key = engine.account_key();
     let out: Out = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     let t0 = Instant::now();
-    say(
-        &out,
-        t0,
-        &format!(
-            "engine listening on {engine_url} (temporary state, workers run `nullworker serve`)"
-        ),
-    );
-    if let Some(ui) = engine.ui_url() {
-        say(&out, t0, &format!("dashboard on {ui}"));
-    }
+    announce_engine(&out, t0, engine);
 
     let client = Client::builder(account_key)
         .autoscaler_url(&engine_url)

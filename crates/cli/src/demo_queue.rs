@@ -26,7 +26,9 @@ use nullworker_engine::{Engine, EngineConfig, EngineHandle};
 use nullworker_queue::dispatch::{DispatchEvent, Driver, DriverConfig, Outcome, SdkReserver, Stop};
 use nullworker_queue::{OpenMode, Queue, QueueStats, QueueUrl};
 
-use crate::demo::{active_workers, say, watch_interrupt, Out, TempDir, SCALE_TO_ZERO_LIMIT};
+use crate::demo::{
+    active_workers, announce_engine, say, watch_interrupt, Out, TempDir, SCALE_TO_ZERO_LIMIT,
+};
 
 /// Name of the endpoint the queue demo creates.
 const ENDPOINT: &str = "demo-queue";
@@ -103,16 +105,7 @@ async fn demo(engine: &EngineHandle, dir: &TempDir, jobs: u32) -> anyhow::Result
     let out: Out = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     let t0 = Instant::now();
     let engine_url = engine.url();
-    say(
-        &out,
-        t0,
-        &format!(
-            "engine listening on {engine_url} (temporary state, workers run `nullworker serve`)"
-        ),
-    );
-    if let Some(ui) = engine.ui_url() {
-        say(&out, t0, &format!("dashboard on {ui}"));
-    }
+    announce_engine(&out, t0, engine);
 
     // The queue: a SQLite file in the temporary directory.
     let db = dir.0.join("queue.sqlite3");
