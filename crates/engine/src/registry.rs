@@ -419,6 +419,9 @@ struct Worker {
     signature: Option<Arc<str>>,
     process: ProcessPhase,
     restarted: bool,
+    /// When its processes were last asked for (a report from them cannot
+    /// be older; one can arrive before the launch's result is applied).
+    spawn_requested_at: Option<f64>,
     spawned_at: Option<f64>,
     spawned: Option<Spawned>,
     last_report: Option<ReportFacts>,
@@ -448,6 +451,7 @@ impl Worker {
             signature: None,
             process: ProcessPhase::NotSpawned,
             restarted: false,
+            spawn_requested_at: None,
             spawned_at: None,
             spawned: None,
             last_report: None,
@@ -1489,7 +1493,9 @@ impl Registry {
                 w.url = Some(spawned.url.as_str().into());
                 w.signature = None;
                 w.process = ProcessPhase::Running;
-                w.spawned_at = Some(now);
+                // Its first report may have been applied before this event:
+                // reports count from when the launch was asked for.
+                w.spawned_at = Some(w.spawn_requested_at.take().unwrap_or(now));
                 w.idle_this_life = false;
                 // Its exit event may have been applied before this point and
                 // ignored (the worker had no process yet): look for ourselves.
@@ -1601,6 +1607,7 @@ impl Registry {
                 w.stopped_at = Some(now);
             }
             if std::mem::take(&mut w.relaunch) && w.process == ProcessPhase::NotSpawned {
+                w.spawn_requested_at = Some(now);
                 effects.push(Effect::Spawn {
                     endpoint_id: ep_id,
                     worker_id,
@@ -1828,7 +1835,9 @@ impl Registry {
                         endpoint_id,
                         created_at: now,
                     }));
-                    created.push(Worker::launched(id, mtoken.clone(), now));
+                    let mut w = Worker::launched(id, mtoken.clone(), now);
+                    w.spawn_requested_at = Some(now);
+                    created.push(w);
                     effects.push(Effect::Spawn {
                         endpoint_id,
                         worker_id: id,
@@ -1848,6 +1857,7 @@ impl Registry {
                     w.process = ProcessPhase::NotSpawned;
                     w.restarted = true;
                     w.stopped_at = None;
+                    w.spawn_requested_at = Some(now);
                     let mtoken = w.mtoken.clone();
                     if let Some(tr) = ep.refresh(worker, now) {
                         record(effects, &name, tr);
@@ -2333,6 +2343,49 @@ mod tests {
             100.1,
         );
         assert_eq!(reg.worker_count(), 0);
+        reg.check_invariants();
+    }
+
+    #[test]
+    fn a_ready_report_applied_before_the_launch_result_counts() {
+        let mut reg = registry();
+        route(&mut reg, 0, 100.0, 1.0);
+        let effects = pass(&mut reg, 1.1);
+        let launched = spawns(&effects);
+        let (id, mtoken) = launched[0].clone();
+        let (spawned, exited) = fake_spawned(id);
+        std::mem::forget(exited);
+        let url = spawned.url.clone();
+        // The new process reports ready before the spawner's result is
+        // applied (the worker starts in milliseconds).
+        let out = reg.apply(
+            Event::Report {
+                report: idle_report(id, &mtoken, &url),
+                signature: None,
+            },
+            1.12,
+        );
+        assert!(matches!(out.reply, Reply::Accepted(Ok(()))));
+        reg.apply(
+            Event::SpawnDone {
+                endpoint_id: 1,
+                worker_id: id,
+                result: Ok(spawned),
+            },
+            1.15,
+        );
+        reg.apply(
+            Event::Signed {
+                endpoint_id: 1,
+                worker_id: id,
+                url,
+                signature: "sig".into(),
+            },
+            1.16,
+        );
+        // Routable at once, not after its next report (10 s later).
+        let (reply, _) = route(&mut reg, 0, 100.0, 1.17);
+        assert!(matches!(reply, RouteReply::Ready { .. }), "{reply:?}");
         reg.check_invariants();
     }
 
