@@ -401,16 +401,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (handle, fake) = engine(dir.path(), |_| {}).await;
         let core = handle.core().clone();
-        let (status, body) = call(
-            &core,
-            "POST",
-            "/api/v0/endptjobs/",
-            json!({"endpoint_name": "e", "cold_workers": 0, "target_util": 1.0,
-                   "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0}),
-        )
-        .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-        let id = body["result"].as_i64().unwrap();
+        let id = crate::testing::seed_endpoint(&core, "e").await;
         let api_key = core.registry().stored(id).unwrap().api_key.clone();
         let route = json!({"endpoint": "e", "api_key": api_key, "cost": 100});
         let (status, waiting) = call(&core, "POST", "/route/", route.clone()).await;

@@ -170,3 +170,18 @@ pub fn non_finite(value: &Value, path: &str, out: &mut Vec<String>) {
         _ => {}
     }
 }
+
+/// Creates endpoint `name` with the seed's parameters (and no cold
+/// workers) through the web API; returns its id.
+pub async fn seed_endpoint(core: &Arc<Core>, name: &str) -> i64 {
+    let (status, body) = call(
+        core,
+        "POST",
+        "/api/v0/endptjobs/",
+        serde_json::json!({"endpoint_name": name, "cold_workers": 0, "target_util": 1.0,
+               "max_queue_time": 1.0, "target_queue_time": 0.5, "inactivity_timeout": 10.0}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["result"].as_i64().expect("the new endpoint's id")
+}
