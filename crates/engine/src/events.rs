@@ -69,26 +69,9 @@ impl EndpointView {
 /// What the registry reports as it applies events (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Observation {
-    /// A worker changed state (or restated a new kind of error).
-    WorkerState {
-        /// Endpoint name.
-        endpoint: String,
-        /// Worker id.
-        worker: i64,
-        /// Previous state.
-        from: WorkerState,
-        /// New state.
-        to: WorkerState,
-        /// Why, for `ERROR`.
-        reason: Option<String>,
-    },
-    /// A worker was forgotten (destroyed, or a silent external worker).
-    WorkerGone {
-        /// Endpoint name.
-        endpoint: String,
-        /// Worker id.
-        worker: i64,
-    },
+    /// An event published as it is: scale actions, worker states, workers
+    /// forgotten (destroyed, or silent external workers), endpoints deleted.
+    Published(EngineEvent),
     /// The sessions a worker's report lists changed.
     Sessions {
         /// Endpoint name.
@@ -97,23 +80,6 @@ pub enum Observation {
         worker: i64,
         /// Sessions it holds now.
         held: usize,
-    },
-    /// A scale action carried out.
-    Scale {
-        /// Endpoint name.
-        endpoint: String,
-        /// `create`, `start`, `stop` or `destroy`.
-        action: &'static str,
-        /// The worker acted on (`None` for `create`).
-        worker: Option<i64>,
-        /// Stable reason label, e.g. `demand_above`.
-        reason: &'static str,
-        /// The reason as a sentence.
-        detail: String,
-        /// Active workers wanted.
-        want_active: u32,
-        /// Demand in perf units.
-        demand: f64,
     },
     /// A scaler pass decided (kept for the samples, not published).
     Demand {
@@ -126,11 +92,6 @@ pub enum Observation {
     },
     /// An endpoint was created or changed.
     Endpoint(EndpointView),
-    /// An endpoint was deleted.
-    EndpointDeleted {
-        /// Endpoint name.
-        endpoint: String,
-    },
 }
 
 /// What a `nullworker dispatch` driving an endpoint last reported.
@@ -415,22 +376,7 @@ impl EventHub {
                 track.want_active = want_active;
                 return;
             }
-            Observation::WorkerState {
-                endpoint,
-                worker,
-                from,
-                to,
-                reason,
-            } => EngineEvent::WorkerState {
-                endpoint,
-                worker,
-                from,
-                to,
-                reason,
-            },
-            Observation::WorkerGone { endpoint, worker } => {
-                EngineEvent::WorkerGone { endpoint, worker }
-            }
+            Observation::Published(event) => event,
             Observation::Sessions {
                 endpoint,
                 worker,
@@ -455,25 +401,7 @@ impl EventHub {
                     change,
                 }
             }
-            Observation::Scale {
-                endpoint,
-                action,
-                worker,
-                reason,
-                detail,
-                want_active,
-                demand,
-            } => EngineEvent::Scale {
-                endpoint,
-                action,
-                worker,
-                reason,
-                detail,
-                want_active,
-                demand,
-            },
             Observation::Endpoint(view) => EngineEvent::Endpoint { endpoint: view },
-            Observation::EndpointDeleted { endpoint } => EngineEvent::EndpointDeleted { endpoint },
         };
         self.publish(event, now);
     }
@@ -652,13 +580,13 @@ mod tests {
     use super::*;
 
     fn state(endpoint: &str, worker: i64, to: WorkerState) -> Observation {
-        Observation::WorkerState {
+        Observation::Published(EngineEvent::WorkerState {
             endpoint: endpoint.into(),
             worker,
             from: WorkerState::Creating,
             to,
             reason: None,
-        }
+        })
     }
 
     fn ids(events: &[Arc<Stamped>]) -> Vec<u64> {
@@ -839,19 +767,19 @@ mod tests {
         let observations = vec![
             Observation::Endpoint(EndpointView::new(1, "e", &settings)),
             state("e", 1, WorkerState::Idle),
-            Observation::WorkerState {
+            Observation::Published(EngineEvent::WorkerState {
                 endpoint: "e".into(),
                 worker: 1,
                 from: WorkerState::Idle,
                 to: WorkerState::Error,
                 reason: Some("no report for 31 s".into()),
-            },
+            }),
             Observation::Sessions {
                 endpoint: "e".into(),
                 worker: 1,
                 held: 1,
             },
-            Observation::Scale {
+            Observation::Published(EngineEvent::Scale {
                 endpoint: "e".into(),
                 action: "create",
                 worker: None,
@@ -859,19 +787,19 @@ mod tests {
                 detail: "requests are waiting and no worker is active".into(),
                 want_active: 1,
                 demand: 100.0,
-            },
+            }),
             Observation::Demand {
                 endpoint: "e".into(),
                 demand: 1.0,
                 want_active: 1,
             },
-            Observation::WorkerGone {
+            Observation::Published(EngineEvent::WorkerGone {
                 endpoint: "e".into(),
                 worker: 1,
-            },
-            Observation::EndpointDeleted {
+            }),
+            Observation::Published(EngineEvent::EndpointDeleted {
                 endpoint: "e".into(),
-            },
+            }),
         ];
         for o in observations {
             hub.observe(o, 1.0);

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::db::StoredEndpoint;
 use crate::endpoint::{EndpointSettings, WorkerTemplate};
-use crate::events::{EndpointView, Observation};
+use crate::events::{EndpointView, EngineEvent, Observation};
 use crate::policy::autoscale::{ActionKind, Decision, EndpointSnapshot, WorkerView};
 use crate::policy::backoff::SpawnBackoff;
 use crate::policy::requests::RequestTable;
@@ -877,13 +877,15 @@ fn record(effects: &mut Vec<Effect>, endpoint: &str, tr: Transition) {
             tracing::info!(endpoint, worker = tr.worker, from = %tr.from, to = %tr.to, "worker state")
         }
     }
-    effects.push(Effect::Observe(Observation::WorkerState {
-        endpoint: endpoint.to_owned(),
-        worker: tr.worker,
-        from: tr.from,
-        to: tr.to,
-        reason: tr.reason.clone(),
-    }));
+    effects.push(Effect::Observe(Observation::Published(
+        EngineEvent::WorkerState {
+            endpoint: endpoint.to_owned(),
+            worker: tr.worker,
+            from: tr.from,
+            to: tr.to,
+            reason: tr.reason.clone(),
+        },
+    )));
     effects.push(Effect::Store(StoreOp::UpdateWorker {
         id: tr.worker,
         state: tr.to.as_str(),
@@ -1089,6 +1091,23 @@ impl Registry {
     /// The endpoint's gauges, in O(1).
     pub fn gauges(&self, id: i64) -> Option<EndpointGauges> {
         self.endpoints.get(&id).map(Endpoint::gauges)
+    }
+
+    /// Whether the launch of `worker_id` has been applied (test builds).
+    #[cfg(test)]
+    pub fn is_spawned(&self, endpoint_id: i64, worker_id: i64) -> bool {
+        self.endpoints
+            .get(&endpoint_id)
+            .and_then(|ep| ep.workers.get(&worker_id))
+            .is_some_and(|w| w.spawned.is_some())
+    }
+
+    /// Whether `worker_id` is a routing candidate (test builds).
+    #[cfg(test)]
+    pub fn is_routable(&self, endpoint_id: i64, worker_id: i64) -> bool {
+        self.endpoints
+            .get(&endpoint_id)
+            .is_some_and(|ep| ep.route_index.contains(worker_id))
     }
 
     /// Number of live workers.
@@ -1589,10 +1608,12 @@ impl Registry {
             if let Some(ep) = self.endpoints.get_mut(&ep_id) {
                 if ep.take_worker(worker_id).is_some() {
                     tracing::info!(worker = worker_id, "worker destroyed");
-                    effects.push(Effect::Observe(Observation::WorkerGone {
-                        endpoint: ep.stored.name.clone(),
-                        worker: worker_id,
-                    }));
+                    effects.push(Effect::Observe(Observation::Published(
+                        EngineEvent::WorkerGone {
+                            endpoint: ep.stored.name.clone(),
+                            worker: worker_id,
+                        },
+                    )));
                 }
             }
             ended(effects);
@@ -1665,10 +1686,12 @@ impl Registry {
                 "external worker silent for {silent:.0} s (more than {forget_after:.0} s): forgotten"
             );
             tracing::warn!(endpoint = %ep.stored.name, worker = id, %reason, "worker removed");
-            effects.push(Effect::Observe(Observation::WorkerGone {
-                endpoint: ep.stored.name.clone(),
-                worker: id,
-            }));
+            effects.push(Effect::Observe(Observation::Published(
+                EngineEvent::WorkerGone {
+                    endpoint: ep.stored.name.clone(),
+                    worker: id,
+                },
+            )));
             effects.push(Effect::Store(StoreOp::UpdateWorker {
                 id,
                 state: "DESTROYING",
@@ -1817,15 +1840,17 @@ impl Registry {
                 action: kind,
                 reason: action.reason.as_str(),
             }));
-            effects.push(Effect::Observe(Observation::Scale {
-                endpoint: name.clone(),
-                action: kind,
-                worker,
-                reason: action.reason.as_str(),
-                detail: action.reason.to_string(),
-                want_active: decision.want_active,
-                demand: decision.demand,
-            }));
+            effects.push(Effect::Observe(Observation::Published(
+                EngineEvent::Scale {
+                    endpoint: name.clone(),
+                    action: kind,
+                    worker,
+                    reason: action.reason.as_str(),
+                    detail: action.reason.to_string(),
+                    want_active: decision.want_active,
+                    demand: decision.demand,
+                },
+            )));
             match action.kind {
                 ActionKind::Create => {
                     let Some(id) = new_ids.next() else { continue };
@@ -1945,9 +1970,11 @@ impl Registry {
     fn delete_endpoint(&mut self, id: i64, now: f64, effects: &mut Vec<Effect>) -> Option<usize> {
         let ep = self.endpoints.remove(&id)?;
         self.names.remove(&ep.stored.name);
-        effects.push(Effect::Observe(Observation::EndpointDeleted {
-            endpoint: ep.stored.name.clone(),
-        }));
+        effects.push(Effect::Observe(Observation::Published(
+            EngineEvent::EndpointDeleted {
+                endpoint: ep.stored.name.clone(),
+            },
+        )));
         let count = ep.workers.len();
         for (wid, mut w) in ep.workers {
             self.worker_endpoint.remove(&wid);
