@@ -413,6 +413,11 @@ mod tests {
                             "max_perf": 100.0, "url": url});
         let (status, body) = call(&core, "POST", "/worker_status/", report).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        // Its URL is signed on a blocking thread, in real time.
+        crate::testing::wait_real("the worker routable", || {
+            core.registry().is_routable(id, wid)
+        })
+        .await;
         let mut replay = route.clone();
         replay["request_idx"] = waiting["request_idx"].clone();
         let (status, ready) = call(&core, "POST", "/route/", replay).await;

@@ -151,6 +151,20 @@ pub async fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
     panic!("condition not reached in 10 s of engine time");
 }
 
+/// Polls `probe` in real time (1 ms apart, at most 10 s) without moving
+/// the paused clock: for what the engine's own threads (spawner, signer,
+/// store) do, which a paused clock's auto-advance would otherwise outrun.
+pub async fn wait_real(what: &str, mut probe: impl FnMut() -> bool) {
+    for _ in 0..10_000 {
+        if probe() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        tokio::task::yield_now().await;
+    }
+    panic!("{what}: not reached in 10 s");
+}
+
 /// Every number in `value` is finite and no field is `null` (the wire
 /// never carries a non-finite number); returns the paths that are not.
 pub fn non_finite(value: &Value, path: &str, out: &mut Vec<String>) {

@@ -729,6 +729,8 @@ mod tests {
         let (_, waiting) = call(&core, "POST", "/route/", route).await;
         assert!(waiting["status"].is_string(), "{waiting}");
         let (wid, mtoken) = crate::testing::wait_for(|| fake.launches().first().cloned()).await;
+        crate::testing::wait_real("the launch applied", || core.registry().is_spawned(id, wid))
+            .await;
         let report = |idxs: Vec<u64>| {
             json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "loadtime": 0.1,
                    "max_perf": 100.0, "url": crate::testing::FakeLauncher::url(wid),
