@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use nullworker_client::cli::display::{Display, Mode};
-use nullworker_client::cli::runner::{self, Event, Plan};
+use crate::client::display::{Display, Mode};
+use nullworker_client::runner::{self, Event, Plan};
 use nullworker_client::{Client, Endpoint};
 use nullworker_engine::{Engine, EngineConfig, EngineHandle};
 

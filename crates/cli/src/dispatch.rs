@@ -11,8 +11,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::TargetArgs;
 use anyhow::Context as _;
-use nullworker_client::cli::TargetArgs;
 use nullworker_client::SessionOptions;
 use nullworker_queue::dispatch::{
     DispatchEvent, Driver, DriverConfig, Metrics, Outcome, SdkReserver, Stop,

@@ -5,12 +5,15 @@
 //! Every role lives in its own crate (`nullworker-worker`, `nullworker-engine`,
 //! `nullworker-client`); this crate only connects them.
 
+pub mod client;
 pub mod consume;
 pub mod demo;
 pub mod demo_queue;
 pub mod dispatch;
+pub mod engine;
 pub mod logging;
 pub mod queue;
+pub mod serve;
 
 use std::process::ExitCode;
 

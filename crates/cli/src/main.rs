@@ -25,15 +25,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the worker (drop-in for the Null PyWorker) on this instance.
-    Serve(nullworker_worker::cli::ServeArgs),
+    Serve(nullworker::serve::ServeArgs),
     /// Release the session held by the worker on this instance (POST /release).
-    Release(nullworker_worker::cli::ReleaseArgs),
+    Release(nullworker::serve::ReleaseArgs),
     /// Run the local serverless engine (router, autoscaler, worker processes).
-    Engine(nullworker_engine::cli::EngineArgs),
+    Engine(nullworker::engine::EngineArgs),
     /// Manage the endpoints of a running engine.
-    Endpoint(nullworker_engine::cli::EndpointArgs),
+    Endpoint(nullworker::engine::EndpointArgs),
     /// Open sessions on an endpoint, hold them, close them (the demo client).
-    Client(nullworker_client::cli::ClientArgs),
+    Client(nullworker::client::ClientArgs),
     /// Keep one session open per job waiting or in flight on a queue.
     Dispatch(nullworker::dispatch::DispatchArgs),
     /// On a worker: wait for its session, run one job from the queue, release; repeat.
@@ -67,11 +67,11 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => nullworker_worker::cli::serve(args).await,
-            Command::Release(args) => nullworker_worker::cli::release(args).await,
-            Command::Engine(args) => nullworker_engine::cli::run_engine(args).await,
-            Command::Endpoint(args) => nullworker_engine::cli::endpoint(args).await,
-            Command::Client(args) => nullworker_client::cli::run(args).await,
+            Command::Serve(args) => nullworker::serve::serve(args).await,
+            Command::Release(args) => nullworker::serve::release(args).await,
+            Command::Engine(args) => nullworker::engine::run_engine(args).await,
+            Command::Endpoint(args) => nullworker::engine::endpoint(args).await,
+            Command::Client(args) => nullworker::client::run(args).await,
             Command::Dispatch(args) => nullworker::dispatch::run(args).await,
             Command::Consume(args) => nullworker::consume::run(args).await,
             Command::Queue(args) => nullworker::queue::run(args).await,

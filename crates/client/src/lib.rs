@@ -1,4 +1,4 @@
-//! The Rust SDK for Vast Serverless sessions, and `nullworker client`.
+//! The Rust SDK for Vast Serverless sessions.
 //!
 //! The SDK is the counterpart of the Python SDK's serverless client
 //! (PROTOCOL.md §1, §2, §7), hardened where §14 allows:
@@ -19,7 +19,7 @@
 //!
 //! Modules: `config` (instances, builder), `http` (the one HTTP helper),
 //! `backoff` (pure delays), `client` (client, endpoint, routing), `session`
-//! (sessions and leases), [`cli`] (`nullworker client`: runs, display, summary).
+//! (sessions and leases), [`runner`] (a run of `count` sessions, as `nullworker client` does).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), nullworker_client::Error> {
@@ -37,12 +37,12 @@
 //! ```
 
 pub mod backoff;
-pub mod cli;
 mod client;
 mod config;
 pub mod consumer;
 mod error;
 mod http;
+pub mod runner;
 mod session;
 
 pub use client::{Client, Endpoint, Progress, RequestOptions, Response, RouteEvent};

@@ -1,5 +1,5 @@
 //! The engine's validated configuration ([`EngineConfig`]), built once from
-//! the command line ([`crate::cli::EngineArgs`]) or by an embedding program
+//! the command line (`nullworker engine` in the CLI crate) or by an embedding program
 //! (`nullworker demo`, benchmarks, tests). It owns defaults and validation,
 //! not parsing of the command line.
 

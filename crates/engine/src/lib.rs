@@ -24,7 +24,6 @@
 //!   engine's event stream (the registry's observations, published after
 //!   its lock is released).
 pub mod api;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod context;

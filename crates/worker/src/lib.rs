@@ -17,7 +17,6 @@
 
 pub mod app;
 pub mod busy_poll;
-pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod health;

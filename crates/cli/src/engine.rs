@@ -1,7 +1,7 @@
 //! Command-line edge of the engine: `nullworker engine` (run the engine
 //! until SIGTERM/SIGINT) and `nullworker endpoint ...` (manage the endpoints
 //! of a running engine over its web API with the account key). Parses and
-//! prints; the engine itself lives in [`crate::engine`].
+//! prints; the engine itself lives in [`nullworker_engine::engine`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,15 +12,15 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Map, Value};
 
-use crate::config::{default_state_dir, Command, EngineConfig};
-use crate::engine::Engine;
-use crate::error::EngineError;
+use nullworker_engine::config::{default_state_dir, Command, EngineConfig};
+use nullworker_engine::engine::Engine;
+use nullworker_engine::error::EngineError;
 
 /// Options of `nullworker engine`.
 #[derive(Debug, clap::Args)]
 pub struct EngineArgs {
     /// Address of the HTTP server (route service, web API and metrics on one port).
-    #[arg(long, env = "NULLWORKER_LISTEN", default_value = crate::config::DEFAULT_LISTEN)]
+    #[arg(long, env = "NULLWORKER_LISTEN", default_value = nullworker_engine::config::DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// State directory (database, signing key, worker logs).
     /// Default: $XDG_STATE_HOME/nullworker or ~/.local/state/nullworker.
@@ -70,16 +70,16 @@ pub struct EngineArgs {
     #[arg(long)]
     pub stop_workers_on_exit: bool,
     /// Ended workers whose history row and directory are kept, per endpoint.
-    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_KEEP_ENDED)]
+    #[arg(long, default_value_t = nullworker_engine::housekeeping::DEFAULT_KEEP_ENDED)]
     pub keep_ended_workers: u32,
     /// Days an ended worker's history row and directory are kept at most.
     #[arg(long, default_value_t = 7.0)]
     pub keep_ended_days: f64,
     /// Size (bytes) above which a worker's or consumer's log is rotated.
-    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_MAX_BYTES)]
+    #[arg(long, default_value_t = nullworker_engine::housekeeping::DEFAULT_LOG_MAX_BYTES)]
     pub log_max_bytes: u64,
     /// Rotated files kept per log (`worker.log.1`, ...; 0: only truncate).
-    #[arg(long, default_value_t = crate::housekeeping::DEFAULT_LOG_FILES)]
+    #[arg(long, default_value_t = nullworker_engine::housekeeping::DEFAULT_LOG_FILES)]
     pub log_files: u32,
     /// Open HTTP connections at most; at the cap the connection idle the
     /// longest is closed for a new one. Default: half the file-descriptor
@@ -508,10 +508,10 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
         } => {
             let mut body = Map::new();
             if let Some(p) = preset {
-                let Some(values) = crate::endpoint::preset(&p) else {
+                let Some(values) = nullworker_engine::endpoint::preset(&p) else {
                     bail!(
                         "--preset {p:?}: expected one of {}",
-                        crate::endpoint::PRESETS.join(", ")
+                        nullworker_engine::endpoint::PRESETS.join(", ")
                     );
                 };
                 if let Value::Object(map) = serde_json::to_value(values)? {
@@ -602,7 +602,7 @@ pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
                     None,
                 )
                 .await?;
-            let now = crate::clock::unix_now();
+            let now = nullworker_engine::clock::unix_now();
             let live = v
                 .get("results")
                 .and_then(Value::as_array)

@@ -7,7 +7,6 @@
 //! at once) and the exit code. Runs live in [`runner`], rendering in [`display`].
 
 pub mod display;
-pub mod runner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,9 +16,9 @@ use anyhow::Context as _;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Client, Instance};
 use display::{Display, Mode};
-use runner::{Event, Plan};
+use nullworker_client::runner::{self, Event, Plan};
+use nullworker_client::{Client, Instance};
 
 /// Exit code for invalid flag values (as for other usage errors).
 pub const EXIT_USAGE: u8 = 2;
@@ -144,7 +143,7 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     /// Builds the SDK client from the connection flags.
-    pub fn client(&self) -> Result<Client, crate::Error> {
+    pub fn client(&self) -> Result<Client, nullworker_client::Error> {
         let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
         if let Some(url) = &self.autoscaler_url {
             builder = builder.autoscaler_url(url.clone());

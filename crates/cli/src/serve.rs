@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::config::ServeArgs;
-use crate::reporter;
-use crate::run::{run, Listeners};
+pub use nullworker_worker::config::ServeArgs;
+use nullworker_worker::reporter;
+use nullworker_worker::run::{run, Listeners};
 
 /// Exit code of a configuration error (like a usage error).
 pub const EXIT_CONFIG: u8 = 2;

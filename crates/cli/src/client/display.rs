@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
-use super::runner::{Event, Outcome, Plan, SessionReport};
+use nullworker_client::runner::{Event, Outcome, Plan, SessionReport};
 
 /// How a run is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
