@@ -10,6 +10,7 @@ pub mod consume;
 pub mod demo;
 pub mod demo_queue;
 pub mod dispatch;
+pub mod endpoint;
 pub mod engine;
 pub mod logging;
 pub mod queue;

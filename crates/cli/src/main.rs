@@ -31,7 +31,7 @@ enum Command {
     /// Run the local serverless engine (router, autoscaler, worker processes).
     Engine(nullworker::engine::EngineArgs),
     /// Manage the endpoints of a running engine.
-    Endpoint(nullworker::engine::EndpointArgs),
+    Endpoint(nullworker::endpoint::EndpointArgs),
     /// Open sessions on an endpoint, hold them, close them (the demo client).
     Client(nullworker::client::ClientArgs),
     /// Keep one session open per job waiting or in flight on a queue.
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => nullworker::serve::serve(args).await,
             Command::Release(args) => nullworker::serve::release(args).await,
             Command::Engine(args) => nullworker::engine::run_engine(args).await,
-            Command::Endpoint(args) => nullworker::engine::endpoint(args).await,
+            Command::Endpoint(args) => nullworker::endpoint::endpoint(args).await,
             Command::Client(args) => nullworker::client::run(args).await,
             Command::Dispatch(args) => nullworker::dispatch::run(args).await,
             Command::Consume(args) => nullworker::consume::run(args).await,
