@@ -19,7 +19,8 @@ use nullworker_protocol::{paths, ApiList, EndpointRecord, EndpointWorker, RouteR
 use crate::backoff;
 use crate::config::{normalise_base_url, ClientBuilder, RetryPolicy};
 use crate::error::{truncate_body, Error, Step};
-use crate::http::{Http, Reply};
+use crate::http::{Failure, Http, Reply};
+use crate::retry;
 use crate::session::{Session, SessionOptions};
 
 /// Timeout of one `/route/` call.
@@ -476,7 +477,7 @@ impl Endpoint {
         let started = Instant::now();
         let deadline = options.timeout.map(|t| started + t);
         let mut request_idx = 0u64;
-        let mut failures = 0u32;
+        let mut delays = retry::worker(None, self.client.retry.max_poll_interval);
         let mut attempts = 0u32;
         let emit = |event: RouteEvent| {
             if let Some(progress) = &options.progress {
@@ -533,12 +534,7 @@ impl Endpoint {
                     reason
                 }
             };
-            failures += 1;
-            let delay = backoff::retry_delay(
-                failures,
-                self.client.retry.max_poll_interval,
-                &mut rand::thread_rng(),
-            );
+            let delay = delays.next().unwrap_or(self.client.retry.max_poll_interval);
             tracing::debug!(%reason, ?delay, request_idx, "worker call failed; routing again");
             self.sleep_within(delay, deadline, started, &options.cancel, &step, &reason)
                 .await?;
@@ -558,7 +554,13 @@ impl Endpoint {
         let url = format!("{}{}", self.client.autoscaler_url, paths::ROUTE);
         let key = &self.record.api_key;
         let mut polls = 0u32;
-        let mut failures = 0u32;
+        let new_delays = || {
+            retry::worker(
+                Some(self.client.retry.route_attempts),
+                self.client.retry.max_poll_interval,
+            )
+        };
+        let mut delays = new_delays();
         let mut poll = self.client.retry.first_poll;
         let mut last_status = String::from("no reply from the route service yet");
         loop {
@@ -586,29 +588,34 @@ impl Endpoint {
                 outcome = call => outcome,
                 () = options.cancel.cancelled() => return Err(Error::Cancelled { step }),
             };
-            let reply = match outcome {
+            let failure = match outcome {
                 Ok(reply) if reply.ok() => {
-                    failures = 0;
-                    reply
+                    delays = new_delays();
+                    Ok(reply)
                 }
-                Ok(reply)
-                    if reply.retryable() && failures + 1 < self.client.retry.route_attempts =>
-                {
-                    failures += 1;
-                    last_status = format!("route service answered HTTP {}", reply.status);
-                    self.route_retry(failures, deadline, started, options, &last_status)
-                        .await?;
-                    continue;
-                }
+                Ok(reply) if reply.retryable() => Err(Failure::Status(reply)),
                 Ok(reply) => return Err(reply.status_error(step, &url)),
-                Err(err) if failures + 1 < self.client.retry.route_attempts => {
-                    failures += 1;
-                    last_status = crate::error::transport_reason(&err);
-                    self.route_retry(failures, deadline, started, options, &last_status)
+                Err(err) => Err(Failure::Transport(err)),
+            };
+            let reply = match failure {
+                Ok(reply) => reply,
+                Err(failure) => {
+                    let Some(delay) = delays.next() else {
+                        return Err(match failure {
+                            Failure::Status(reply) => reply.status_error(step, &url),
+                            Failure::Transport(err) => Error::transport(step, &url, &err),
+                        });
+                    };
+                    last_status = match &failure {
+                        Failure::Status(reply) => {
+                            format!("route service answered HTTP {}", reply.status)
+                        }
+                        Failure::Transport(err) => crate::error::transport_reason(err),
+                    };
+                    self.route_retry(delay, deadline, started, options, &last_status)
                         .await?;
                     continue;
                 }
-                Err(err) => return Err(Error::transport(step, &url, &err)),
             };
             let value = reply.json_or_invalid(step.clone(), &url)?.clone();
             let parsed =
@@ -680,7 +687,7 @@ impl Endpoint {
 
     async fn route_retry(
         &self,
-        failures: u32,
+        delay: Duration,
         deadline: Option<Instant>,
         started: Instant,
         options: &RequestOptions,
@@ -691,11 +698,6 @@ impl Endpoint {
                 reason: format!("route service: {reason}"),
             });
         }
-        let delay = backoff::retry_delay(
-            failures,
-            self.client.retry.max_poll_interval,
-            &mut rand::thread_rng(),
-        );
         self.sleep_within(
             delay,
             deadline,

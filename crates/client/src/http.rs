@@ -4,7 +4,8 @@
 //!
 //! Owns the reqwest client (rustls with the ring provider, optional extra root
 //! CA) and [`Reply`]. Retry policy is the callers' business, except
-//! [`Http::send_with_retries`] used for the web API.
+//! [`Http::send_with_retries`] used for the web API (the `retry` module's
+//! schedule, driven by `backon`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,8 +13,10 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::backoff;
+use backon::Retryable as _;
+
 use crate::error::{truncate_body, Error, Step};
+use crate::retry;
 
 /// A response of any status.
 #[derive(Debug, Clone)]
@@ -160,26 +163,37 @@ impl Http {
         attempts: u32,
         max_delay: Duration,
     ) -> Result<Reply, Error> {
-        let attempts = attempts.max(1);
-        let mut attempt = 0;
-        loop {
-            let outcome = self.send(method.clone(), url, key, body, timeout).await;
-            let last = attempt + 1 >= attempts;
-            match outcome {
-                Ok(reply) if !reply.retryable() || last => return Ok(reply),
-                Ok(reply) => {
-                    tracing::debug!(%url, status = reply.status, attempt, "retryable status; retrying");
-                }
-                Err(err) if last => return Err(Error::transport(step, url, &err)),
-                Err(err) => {
-                    tracing::debug!(%url, error = %crate::error::transport_reason(&err), attempt, "transport error; retrying");
-                }
+        let outcome = (|| async {
+            match self.send(method.clone(), url, key, body, timeout).await {
+                Ok(reply) if reply.retryable() => Err(Failure::Status(reply)),
+                Ok(reply) => Ok(reply),
+                Err(err) => Err(Failure::Transport(err)),
             }
-            let delay = backoff::web_retry_delay(attempt, max_delay, &mut rand::thread_rng());
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+        })
+        .retry(retry::web(attempts, max_delay))
+        .notify(|failure, delay| match failure {
+            Failure::Status(reply) => {
+                tracing::debug!(%url, status = reply.status, ?delay, "retryable status; retrying");
+            }
+            Failure::Transport(err) => {
+                tracing::debug!(%url, error = %crate::error::transport_reason(err), ?delay, "transport error; retrying");
+            }
+        })
+        .await;
+        match outcome {
+            Ok(reply) | Err(Failure::Status(reply)) => Ok(reply),
+            Err(Failure::Transport(err)) => Err(Error::transport(step, url, &err)),
         }
     }
+}
+
+/// Why an attempt is worth another: a retryable status or a transport error.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// 408, 429 or 5xx.
+    Status(Reply),
+    /// No answer.
+    Transport(reqwest::Error),
 }
 
 /// Reads every certificate of a PEM file, failing when there is none.

@@ -18,7 +18,8 @@
 //! * [`Error`] — every failure names the step ([`Step`]) and the reason.
 //!
 //! Modules: `config` (instances, builder), `http` (the one HTTP helper),
-//! `backoff` (pure delays), `client` (client, endpoint, routing), `session`
+//! `backoff` (pure delays), `retry` (the one retry policy: schedules that
+//! `backon` drives), `client` (client, endpoint, routing), `session`
 //! (sessions and leases), [`runner`] (a run of `count` sessions, as `nullworker client` does).
 //!
 //! ```no_run
@@ -42,6 +43,7 @@ mod config;
 pub mod consumer;
 mod error;
 mod http;
+mod retry;
 pub mod runner;
 mod session;
 

@@ -17,7 +17,14 @@
 //!   has no process listening, and the session held in that process is gone
 //!   with it: the session ends at once as [`SessionEnd::WorkerLost`] (a
 //!   worker released and then stopped by scale-in before the next check is
-//!   the common case), rather than after its lease runs out.
+//!   the common case), rather than after its lease runs out;
+//! * a worker that stops answering at all (its machine gone, packets
+//!   dropped) is noticed within 3 check intervals: with a check interval,
+//!   each check and renewal waits at most ¾ of the interval (0.5 s to 10 s),
+//!   a failed one is repeated after ¼ of the interval, and once calls have
+//!   failed at the transport level for 1.5 intervals in a row (two calls at
+//!   least) the session ends as [`SessionEnd::WorkerLost`]. An HTTP error
+//!   answer is not a loss: the worker is there.
 //!
 //! Dropping a [`Session`] without [`Session::close`] stops the lease (the
 //! session then ends by expiry) and logs a warning.
@@ -35,10 +42,12 @@ use tokio_util::sync::CancellationToken;
 
 use nullworker_protocol::{paths, SessionCreateResponse};
 
-use crate::backoff;
+use backon::Retryable as _;
+
 use crate::client::{Endpoint, Progress, RequestOptions, Response, SESSION_CREATE_TIMEOUT};
 use crate::error::{transport_reason, truncate_body, Error, Step};
-use crate::http::Reply;
+use crate::http::{Failure, Reply};
+use crate::retry;
 
 /// Timeout of `/session/end`, `/session/get` and renewal pings.
 const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,6 +56,29 @@ const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const SESSION_CALL_ATTEMPTS: u32 = 3;
 /// How long after its expiration a worker may still hold a session (its GC tick).
 const WORKER_GC_GRACE: Duration = Duration::from_secs(6);
+/// Bounds of the timeout of checks and renewals when a check interval is set.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Timeout of one check or renewal: ¾ of the check interval, from 0.5 s to
+/// 10 s; 10 s without checks.
+pub(crate) fn probe_timeout(check_interval: Option<Duration>) -> Duration {
+    check_interval.map_or(SESSION_CALL_TIMEOUT, |c| {
+        c.mul_f64(0.75)
+            .clamp(MIN_PROBE_TIMEOUT, SESSION_CALL_TIMEOUT)
+    })
+}
+
+/// Whether transport failures that began at `since` (the start of the first
+/// failed call) and number `failures` mean the worker is lost at `now`:
+/// two calls at least, failing for 1.5 check intervals.
+pub(crate) fn unreachable_long_enough(
+    since: Instant,
+    failures: u32,
+    now: Instant,
+    check_interval: Duration,
+) -> bool {
+    failures >= 2 && now.saturating_duration_since(since) >= check_interval.mul_f64(1.5)
+}
 
 /// Options of [`Endpoint::session`].
 #[derive(Clone)]
@@ -171,6 +203,8 @@ struct Shared {
     lifetime: Duration,
     wire_lifetime: Duration,
     keep_alive: bool,
+    /// Timeout of checks and renewals.
+    probe_timeout: Duration,
     expiration: f64,
     opened_at: Instant,
     /// Our estimate of the worker-side expiration (never later than the real one).
@@ -202,15 +236,17 @@ enum Probe {
     Open,
     /// The worker does not know the session any more.
     Gone,
-    /// No usable answer.
+    /// An answer, but not a usable one (an HTTP error): the worker is there.
     Failed(String),
+    /// No answer at all (timeout, reset, unreachable host).
+    Unreachable(String),
     /// Nothing listens at the worker's address (connection refused): its
     /// process is gone, and the session it held with it.
     Refused(String),
 }
 
 /// The probe result of a transport error: [`Probe::Refused`] when the
-/// connection was refused, else [`Probe::Failed`].
+/// connection was refused, else [`Probe::Unreachable`].
 fn transport_probe(url: &str, err: &reqwest::Error) -> Probe {
     let reason = format!("{url}: {}", transport_reason(err));
     let mut source = std::error::Error::source(err);
@@ -223,7 +259,7 @@ fn transport_probe(url: &str, err: &reqwest::Error) -> Probe {
         }
         source = cause.source();
     }
-    Probe::Failed(reason)
+    Probe::Unreachable(reason)
 }
 
 impl Session {
@@ -272,6 +308,7 @@ impl Session {
             lifetime: options.lifetime,
             wire_lifetime,
             keep_alive: options.keep_alive,
+            probe_timeout: probe_timeout(options.check_interval),
             expiration: created.expiration,
             opened_at: Instant::now(),
             lease_until: Mutex::new(assignment.sent_at + wire_lifetime),
@@ -365,11 +402,13 @@ impl Session {
                 self.shared.end(self.shared.gone_reason(Instant::now()));
                 Ok(false)
             }
-            Probe::Failed(reason) | Probe::Refused(reason) => Err(Error::Transport {
-                step: Step::SessionGet,
-                url: format!("{}{}", self.shared.url, paths::SESSION_GET),
-                reason,
-            }),
+            Probe::Failed(reason) | Probe::Unreachable(reason) | Probe::Refused(reason) => {
+                Err(Error::Transport {
+                    step: Step::SessionGet,
+                    url: format!("{}{}", self.shared.url, paths::SESSION_GET),
+                    reason,
+                })
+            }
         }
     }
 
@@ -386,9 +425,9 @@ impl Session {
             "session_id": self.shared.session_id,
             "payload": payload,
         });
-        let mut failures = 0;
-        loop {
-            let outcome = self
+        let max = self.shared.endpoint.client.retry.max_poll_interval;
+        let outcome = (|| async {
+            let reply = self
                 .shared
                 .endpoint
                 .client
@@ -400,38 +439,37 @@ impl Session {
                     Some(&body),
                     Duration::from_secs(600),
                 )
-                .await;
-            match outcome {
-                Ok(reply) => {
-                    if extends_lease(reply.status) {
-                        self.shared.extend();
-                    }
-                    if reply.status == 410 {
-                        self.shared.end(self.shared.gone_reason(Instant::now()));
-                        self.ensure_open()?;
-                    }
-                    if !reply.retryable() || failures + 1 >= SESSION_CALL_ATTEMPTS {
-                        return Ok(Response::from_reply(
-                            reply,
-                            self.shared.url.clone(),
-                            0,
-                            self.shared.auth_data.clone(),
-                            started.elapsed(),
-                        ));
-                    }
-                }
-                Err(err) if failures + 1 >= SESSION_CALL_ATTEMPTS => {
-                    return Err(Error::transport(step, &url, &err));
-                }
-                Err(err) => {
-                    tracing::debug!(%url, error = %transport_reason(&err), "session request failed; retrying")
-                }
+                .await
+                .map_err(Failure::Transport)?;
+            if extends_lease(reply.status) {
+                self.shared.extend();
             }
-            failures += 1;
-            let max = self.shared.endpoint.client.retry.max_poll_interval;
-            let delay = backoff::retry_delay(failures, max, &mut rand::thread_rng());
-            tokio::time::sleep(delay).await;
+            if reply.retryable() {
+                Err(Failure::Status(reply))
+            } else {
+                Ok(reply)
+            }
+        })
+        .retry(retry::worker(Some(SESSION_CALL_ATTEMPTS), max))
+        .notify(|failure, delay| {
+            tracing::debug!(%url, ?failure, ?delay, "session request failed; retrying");
+        })
+        .await;
+        let reply = match outcome {
+            Ok(reply) | Err(Failure::Status(reply)) => reply,
+            Err(Failure::Transport(err)) => return Err(Error::transport(step, &url, &err)),
+        };
+        if reply.status == 410 {
+            self.shared.end(self.shared.gone_reason(Instant::now()));
+            self.ensure_open()?;
         }
+        Ok(Response::from_reply(
+            reply,
+            self.shared.url.clone(),
+            0,
+            self.shared.auth_data.clone(),
+            started.elapsed(),
+        ))
     }
 
     /// Releases the worker (`POST <worker>/session/end`). Idempotent: a
@@ -453,26 +491,26 @@ impl Session {
             "session_id": self.shared.session_id,
             "session_auth": self.shared.auth_data,
         });
-        let mut failures = 0;
-        let outcome: Result<Reply, Error> = loop {
-            let sent = self
+        let max = self.shared.endpoint.client.retry.max_poll_interval;
+        let outcome = (|| async {
+            match self
                 .shared
                 .endpoint
                 .client
                 .http
                 .send(Method::POST, &url, "", Some(&body), SESSION_CALL_TIMEOUT)
-                .await;
-            let last = failures + 1 >= SESSION_CALL_ATTEMPTS;
-            match sent {
-                Ok(reply) if !reply.retryable() || last => break Ok(reply),
-                Ok(_) => {}
-                Err(err) if last => break Err(Error::transport(step.clone(), &url, &err)),
-                Err(_) => {}
+                .await
+            {
+                Ok(reply) if reply.retryable() => Err(Failure::Status(reply)),
+                Ok(reply) => Ok(reply),
+                Err(err) => Err(Failure::Transport(err)),
             }
-            failures += 1;
-            let max = self.shared.endpoint.client.retry.max_poll_interval;
-            let delay = backoff::retry_delay(failures, max, &mut rand::thread_rng());
-            tokio::time::sleep(delay).await;
+        })
+        .retry(retry::worker(Some(SESSION_CALL_ATTEMPTS), max))
+        .await;
+        let outcome: Result<Reply, Error> = match outcome {
+            Ok(reply) | Err(Failure::Status(reply)) => Ok(reply),
+            Err(Failure::Transport(err)) => Err(Error::transport(step.clone(), &url, &err)),
         };
         match outcome {
             Ok(reply) if reply.ok() => {
@@ -588,7 +626,7 @@ impl Shared {
             .endpoint
             .client
             .http
-            .send(Method::POST, &url, "", Some(&body), SESSION_CALL_TIMEOUT)
+            .send(Method::POST, &url, "", Some(&body), self.probe_timeout)
             .await
         {
             Ok(reply) if reply.ok() => Probe::Open,
@@ -614,7 +652,7 @@ impl Shared {
             .endpoint
             .client
             .http
-            .send(Method::POST, &url, "", Some(&body), SESSION_CALL_TIMEOUT)
+            .send(Method::POST, &url, "", Some(&body), self.probe_timeout)
             .await
         {
             Ok(reply) if extends_lease(reply.status) => {
@@ -641,8 +679,12 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
     let max_backoff = shared.endpoint.client.retry.max_poll_interval;
     let mut next_check = check_interval.map(|c| Instant::now() + c);
     let mut retry_at: Option<Instant> = None;
-    let mut failures = 0u32;
+    let mut renew_backoff = crate::retry::session_backoff(max_backoff.min(renew_margin / 2));
     let mut last_failure = String::new();
+    let mut failures = 0u32;
+    // Start of the first of the calls that have failed at the transport
+    // level in a row, and how many they are.
+    let mut unreachable: Option<(Instant, u32)> = None;
     loop {
         let lease_until = shared.lease_until();
         let renew_at = if shared.keep_alive {
@@ -675,10 +717,13 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
         if let Some(c) = check_interval {
             next_check = Some(Instant::now() + c);
         }
+        let transport = matches!(probe, Probe::Unreachable(_));
         match probe {
             Probe::Open => {
                 failures = 0;
+                unreachable = None;
                 retry_at = None;
+                renew_backoff = crate::retry::session_backoff(max_backoff.min(renew_margin / 2));
             }
             Probe::Gone => {
                 let how = shared.gone_reason(now);
@@ -691,17 +736,31 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
                 shared.end(SessionEnd::WorkerLost { reason });
                 return;
             }
-            Probe::Failed(reason) => {
+            Probe::Failed(reason) | Probe::Unreachable(reason) => {
                 failures += 1;
                 tracing::warn!(session_id = %shared.session_id, %reason, "session lease check failed");
                 last_failure = reason;
                 if renewing {
-                    let delay = backoff::retry_delay(
-                        failures,
-                        max_backoff.min(renew_margin / 2),
-                        &mut rand::thread_rng(),
-                    );
+                    let delay = renew_backoff.next().unwrap_or(max_backoff);
                     retry_at = Some(Instant::now() + delay);
+                }
+                if !transport {
+                    unreachable = None;
+                } else if let Some(c) = check_interval {
+                    let (since, count) = unreachable.unwrap_or((now, 0));
+                    unreachable = Some((since, count + 1));
+                    if unreachable_long_enough(since, count + 1, Instant::now(), c) {
+                        tracing::info!(session_id = %shared.session_id, reason = %last_failure, "the worker stopped answering");
+                        shared.end(SessionEnd::WorkerLost {
+                            reason: format!(
+                                "no answer for {:.1} s: {last_failure}",
+                                since.elapsed().as_secs_f64()
+                            ),
+                        });
+                        return;
+                    }
+                    // Look again soon: a loss is declared within 3 intervals.
+                    next_check = Some(Instant::now() + c / 4);
                 }
             }
         }
@@ -717,6 +776,48 @@ async fn run_lease(shared: Arc<Shared>, stop: CancellationToken, check_interval:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_wait_three_quarters_of_the_check_interval_within_bounds() {
+        let ms = Duration::from_millis;
+        for (interval, want) in [
+            (None, ms(10_000)),
+            (Some(ms(100)), ms(500)),
+            (Some(ms(1_000)), ms(750)),
+            (Some(ms(5_000)), ms(3_750)),
+            (Some(ms(60_000)), ms(10_000)),
+        ] {
+            assert_eq!(probe_timeout(interval), want, "{interval:?}");
+        }
+    }
+
+    #[test]
+    fn a_worker_is_lost_after_two_failures_over_one_and_a_half_intervals() {
+        let t0 = Instant::now();
+        let c = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        for (failures, after, lost) in [
+            (1, ms(5_000), false),
+            (2, ms(1_499), false),
+            (2, ms(1_500), true),
+            (3, ms(1_400), false),
+            (5, ms(2_000), true),
+        ] {
+            assert_eq!(
+                unreachable_long_enough(t0, failures, t0 + after, c),
+                lost,
+                "{failures} failures over {after:?}"
+            );
+        }
+        // Worst case of the schedule: the loss happens just after a good
+        // check; the next check starts ≤ 1 interval later and times out
+        // after ¾; the re-check starts ¼ later and times out after ¾.
+        let first = c;
+        let second = first + probe_timeout(Some(c)) + c / 4;
+        let declared = second + probe_timeout(Some(c));
+        assert!(unreachable_long_enough(t0 + first, 2, t0 + declared, c));
+        assert!(declared <= c * 3, "{declared:?}");
+    }
 
     #[tokio::test]
     async fn a_refused_connection_is_told_apart_from_other_transport_failures() {
@@ -740,7 +841,7 @@ mod tests {
         let url = format!("http://{}/session/get", silent.local_addr().unwrap());
         let err = http.get(&url).send().await.unwrap_err();
         assert!(
-            matches!(transport_probe(&url, &err), Probe::Failed(_)),
+            matches!(transport_probe(&url, &err), Probe::Unreachable(_)),
             "{err}"
         );
     }
