@@ -108,6 +108,7 @@ impl DemoArgs {
                 lifetime: Duration::from_secs(30),
                 timeout: Some(Duration::from_secs(60)),
                 check_interval: Duration::from_secs(1),
+                replace: false,
             },
             release_after: (!release_after.is_zero()).then_some(release_after),
         })

@@ -27,6 +27,8 @@ use crate::session::{Session, SessionOptions};
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one web API call.
 const WEB_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of each question asked to the engine after a worker was lost.
+const LOSS_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of `/session/create` on the worker.
 pub(crate) const SESSION_CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -462,6 +464,49 @@ impl Endpoint {
                 ),
             }),
         }
+    }
+
+    /// What the engine says after a held session's worker was lost: whether
+    /// the endpoint is still listed, and whether the worker at `worker_url`
+    /// still is (`None` when the engine could not be asked). One attempt
+    /// each, with a short timeout: this runs while a user waits.
+    pub async fn loss_facts(&self, worker_url: &str) -> (Option<bool>, Option<bool>) {
+        let url = format!(
+            "{}{}?client_id=me",
+            self.client.webserver_url,
+            paths::ENDPTJOBS
+        );
+        let listed = match self
+            .client
+            .http
+            .send(
+                Method::GET,
+                &url,
+                &self.client.api_key,
+                None,
+                LOSS_CHECK_TIMEOUT,
+            )
+            .await
+        {
+            Ok(reply) if reply.ok() => reply
+                .json
+                .and_then(|v| serde_json::from_value::<ApiList<EndpointRecord>>(v).ok())
+                .map(|list| list.results.iter().any(|e| e.id == self.record.id)),
+            _ => None,
+        };
+        if listed != Some(true) {
+            return (listed, None);
+        }
+        let workers = tokio::time::timeout(LOSS_CHECK_TIMEOUT, self.workers()).await;
+        let worker_listed = match workers {
+            Ok(Ok(workers)) => Some(
+                workers
+                    .iter()
+                    .any(|w| w.url.trim_end_matches('/') == worker_url.trim_end_matches('/')),
+            ),
+            _ => None,
+        };
+        (listed, worker_listed)
     }
 
     /// Routes until READY, calls `<worker><route>`, and retries the whole

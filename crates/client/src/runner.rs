@@ -31,6 +31,57 @@ pub struct Plan {
     pub timeout: Option<Duration>,
     /// How often each held session asks its worker whether it is still open.
     pub check_interval: Duration,
+    /// Reserve a replacement for the rest of the hold when a held session's
+    /// worker is lost (not when the endpoint was deleted).
+    pub replace: bool,
+}
+
+/// Why a held session was lost, as far as the engine can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossCause {
+    /// The endpoint no longer exists: nothing can replace the worker.
+    EndpointDeleted,
+    /// The engine no longer lists the worker (stopped, crashed, destroyed).
+    WorkerGone,
+    /// The worker does not answer (refused, timed out) and the engine still
+    /// lists it, or the engine could not be asked.
+    WorkerUnreachable,
+    /// The worker answers but no longer knows the session (its lease ran out).
+    SessionGone,
+}
+
+impl LossCause {
+    /// Human wording.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::EndpointDeleted => "endpoint deleted",
+            Self::WorkerGone => "worker gone from the endpoint",
+            Self::WorkerUnreachable => "worker unreachable",
+            Self::SessionGone => "session gone on the worker",
+        }
+    }
+
+    /// Whether a replacement can be reserved after this loss.
+    pub fn replaceable(self) -> bool {
+        self != Self::EndpointDeleted
+    }
+}
+
+/// Classifies a loss: `expired` when the worker answered that the session
+/// is gone; `endpoint_listed` / `worker_listed` are what the engine said
+/// afterwards (`None`: it could not be asked).
+pub fn classify_loss(
+    expired: bool,
+    endpoint_listed: Option<bool>,
+    worker_listed: Option<bool>,
+) -> LossCause {
+    match (endpoint_listed, worker_listed) {
+        (Some(false), _) => LossCause::EndpointDeleted,
+        _ if expired => LossCause::SessionGone,
+        (_, Some(false)) => LossCause::WorkerGone,
+        _ => LossCause::WorkerUnreachable,
+    }
 }
 
 /// One thing that happened during a run. Serialised as one JSON object per
@@ -108,6 +159,18 @@ pub enum Event {
         /// Details for abnormal ends.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// Why the worker was lost (`worker_lost` and `expired` only).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cause: Option<LossCause>,
+    },
+    /// A lost session is replaced: a new worker is reserved for the rest of the hold.
+    Replacing {
+        /// Seconds since the run started.
+        t: f64,
+        /// Session number.
+        session: u32,
+        /// Seconds of the hold left.
+        hold_left_secs: f64,
     },
     /// The session never held a worker.
     Failed {
@@ -168,7 +231,7 @@ impl Outcome {
             Self::Expired => "expired",
             Self::WorkerLost => "worker lost",
             Self::Failed => "failed",
-            Self::Interrupted => "interrupted, closed",
+            Self::Interrupted => "interrupted",
             Self::NotStarted => "not started",
         }
     }
@@ -191,6 +254,8 @@ pub struct SessionReport {
     pub held_secs: Option<f64>,
     /// Error or detail for abnormal ends.
     pub error: Option<String>,
+    /// Replacements reserved after lost workers.
+    pub replacements: u32,
 }
 
 impl SessionReport {
@@ -203,6 +268,7 @@ impl SessionReport {
             session_id: None,
             held_secs: None,
             error: None,
+            replacements: 0,
         }
     }
 }
@@ -299,6 +365,49 @@ async fn run_session(
     emitter: &Emitter,
     cancel: &CancellationToken,
 ) -> SessionReport {
+    let mut report = SessionReport::new(number, Outcome::Failed);
+    let mut hold_until: Option<Instant> = None;
+    loop {
+        let hold = match hold_until {
+            None => plan.hold,
+            Some(until) => until.saturating_duration_since(Instant::now()),
+        };
+        let Some(lost) =
+            hold_once(number, endpoint, plan, hold, emitter, cancel, &mut report).await
+        else {
+            return report;
+        };
+        let until = *hold_until.get_or_insert(lost.held_since + plan.hold);
+        let left = until.saturating_duration_since(Instant::now());
+        if !plan.replace || !lost.cause.replaceable() || left.is_zero() || cancel.is_cancelled() {
+            return report;
+        }
+        report.replacements += 1;
+        emitter.send(Event::Replacing {
+            t: emitter.t(),
+            session: number,
+            hold_left_secs: round_ms(left),
+        });
+    }
+}
+
+/// A held session that ended with its worker lost.
+struct Lost {
+    held_since: Instant,
+    cause: LossCause,
+}
+
+/// Reserves a worker and holds it for `hold`; fills `report`. Returns
+/// `Some` when the worker was lost while held.
+async fn hold_once(
+    number: u32,
+    endpoint: &Endpoint,
+    plan: &Plan,
+    hold: Duration,
+    emitter: &Emitter,
+    cancel: &CancellationToken,
+    report: &mut SessionReport,
+) -> Option<Lost> {
     emitter.send(Event::Routing {
         t: emitter.t(),
         session: number,
@@ -340,19 +449,21 @@ async fn run_session(
         progress: Some(progress),
         ..SessionOptions::default()
     };
-    let mut report = SessionReport::new(number, Outcome::Failed);
+    report.outcome = Outcome::Failed;
     let session = match endpoint.session(options).await {
         Ok(session) => session,
         Err(Error::Cancelled { .. }) => {
             report.outcome = Outcome::Interrupted;
+            report.error = Some(NEVER_RESERVED.to_owned());
             emitter.send(Event::Ended {
                 t: emitter.t(),
                 session: number,
                 how: Outcome::Interrupted,
                 held_secs: 0.0,
-                detail: Some("interrupted before a worker was reserved".to_owned()),
+                detail: Some(NEVER_RESERVED.to_owned()),
+                cause: None,
             });
-            return report;
+            return None;
         }
         Err(err) => {
             let error = err.to_string();
@@ -362,7 +473,7 @@ async fn run_session(
                 error: error.clone(),
             });
             report.error = Some(error);
-            return report;
+            return None;
         }
     };
     let reserve = round_ms(asked.elapsed());
@@ -378,9 +489,19 @@ async fn run_session(
     });
     let held_since = Instant::now();
     let (outcome, detail) = tokio::select! {
-        () = tokio::time::sleep(plan.hold) => close_outcome(session.close().await, Outcome::Closed),
+        () = tokio::time::sleep(hold) => close_outcome(session.close().await, Outcome::Closed),
         how = session.ended() => end_outcome(how),
         () = cancel.cancelled() => close_outcome(session.close().await, Outcome::Interrupted),
+    };
+    let cause = if matches!(outcome, Outcome::WorkerLost | Outcome::Expired) {
+        let (endpoint_listed, worker_listed) = endpoint.loss_facts(session.url()).await;
+        Some(classify_loss(
+            outcome == Outcome::Expired,
+            endpoint_listed,
+            worker_listed,
+        ))
+    } else {
+        None
     };
     let held = round_ms(held_since.elapsed());
     report.outcome = outcome;
@@ -392,9 +513,13 @@ async fn run_session(
         how: outcome,
         held_secs: held,
         detail,
+        cause,
     });
-    report
+    cause.map(|cause| Lost { held_since, cause })
 }
+
+/// Detail of a session interrupted while it waited for a worker.
+const NEVER_RESERVED: &str = "interrupted before a worker was reserved";
 
 /// The outcome of a close: `wanted` when it closed, else how it had ended.
 fn close_outcome(result: Result<SessionEnd, Error>, wanted: Outcome) -> (Outcome, Option<String>) {
@@ -452,6 +577,29 @@ mod tests {
     }
 
     #[test]
+    fn losses_are_classified_by_what_the_engine_still_lists() {
+        use LossCause::*;
+        for (expired, endpoint, worker, want) in [
+            (false, Some(false), None, EndpointDeleted),
+            (true, Some(false), Some(false), EndpointDeleted),
+            (false, Some(true), Some(false), WorkerGone),
+            (false, Some(true), Some(true), WorkerUnreachable),
+            (false, None, None, WorkerUnreachable),
+            (false, Some(true), None, WorkerUnreachable),
+            (true, Some(true), Some(true), SessionGone),
+            (true, None, None, SessionGone),
+        ] {
+            assert_eq!(
+                classify_loss(expired, endpoint, worker),
+                want,
+                "{expired} {endpoint:?} {worker:?}"
+            );
+        }
+        assert!(!EndpointDeleted.replaceable());
+        assert!(WorkerGone.replaceable() && WorkerUnreachable.replaceable());
+    }
+
+    #[test]
     fn events_serialise_with_their_name() {
         let event = Event::Ended {
             t: 1.5,
@@ -459,6 +607,7 @@ mod tests {
             how: Outcome::ReleasedByWorker,
             held_secs: 8.25,
             detail: None,
+            cause: None,
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(

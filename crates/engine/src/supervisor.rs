@@ -712,10 +712,10 @@ impl Supervisor {
             .map_err(io)?;
         let _ = writeln!(
             log,
-            "--- nullworker engine: starting {} of worker {worker_id}: {}",
+            "--- nullworker engine: starting {}: {}",
             match kind {
-                ProcKind::Worker => "worker",
-                ProcKind::Consumer => "consumer",
+                ProcKind::Worker => format!("worker {worker_id}"),
+                ProcKind::Consumer => format!("the consumer of worker {worker_id}"),
             },
             command.display()
         );

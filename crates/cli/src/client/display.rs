@@ -3,7 +3,9 @@
 //! per-session summary.
 //!
 //! Owns [`Display`] and [`Mode`]. It only consumes [`Event`]s; it never talks
-//! to the network.
+//! to the network. Live lines are fitted to the terminal's width (URLs lose
+//! their middle, other text its end), so a narrow terminal never wraps a row
+//! and every redraw moves the cursor up exactly the lines it drew.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -12,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
-use nullworker_client::runner::{Event, Outcome, Plan, SessionReport};
+use nullworker_client::runner::{Event, LossCause, Outcome, Plan, SessionReport};
 
 /// How a run is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,10 +59,30 @@ enum RowState {
         how: Outcome,
         held: f64,
         detail: Option<String>,
+        cause: Option<LossCause>,
     },
     Failed {
         error: String,
     },
+}
+
+/// One session's row: its state, and the workers it lost so far.
+#[derive(Debug, Clone)]
+struct Row {
+    state: RowState,
+    lost: u32,
+    last_cause: Option<LossCause>,
+}
+
+/// Width used when the terminal's cannot be read.
+const DEFAULT_WIDTH: usize = 80;
+/// Narrowest width lines are fitted to.
+const MIN_WIDTH: usize = 20;
+
+/// The width of the terminal on stdout.
+fn terminal_width() -> usize {
+    terminal_size::terminal_size_of(std::io::stdout())
+        .map_or(DEFAULT_WIDTH, |(terminal_size::Width(w), _)| usize::from(w))
 }
 
 /// Renders events of one run to a writer.
@@ -69,14 +91,20 @@ pub struct Display {
     out: Box<dyn Write + Send>,
     plan: Plan,
     t0: Instant,
-    rows: Vec<RowState>,
+    rows: Vec<Row>,
     drawn_lines: usize,
+    width: Box<dyn Fn() -> usize + Send>,
 }
 
 impl Display {
     /// A display for `plan`, writing to `out`; `t0` is the run's start.
     pub fn new(mode: Mode, plan: Plan, t0: Instant, out: Box<dyn Write + Send>) -> Self {
-        let rows = vec![RowState::Pending; plan.count as usize];
+        let row = Row {
+            state: RowState::Pending,
+            lost: 0,
+            last_cause: None,
+        };
+        let rows = vec![row; plan.count as usize];
         Self {
             mode,
             out,
@@ -84,7 +112,18 @@ impl Display {
             t0,
             rows,
             drawn_lines: 0,
+            width: Box::new(terminal_width),
         }
+    }
+
+    /// Fits live lines to `width` columns instead of the terminal's.
+    pub fn with_width(mut self, width: usize) -> Self {
+        self.width = Box::new(move || width);
+        self
+    }
+
+    fn width(&self) -> usize {
+        (self.width)().max(MIN_WIDTH)
     }
 
     /// Shows one event.
@@ -105,6 +144,7 @@ impl Display {
                 if let Event::Start { .. } | Event::Interrupted { .. } = event {
                     if let Some(line) = plain_line(event) {
                         self.clear_live();
+                        let line = clip(&line, self.width() - 1);
                         let _ = writeln!(self.out, "{line}");
                     }
                 }
@@ -164,7 +204,7 @@ impl Display {
             Event::Waiting {
                 session, status, ..
             } => {
-                let since = match self.row(*session) {
+                let since = match self.row(*session).map(|r| &r.state) {
                     Some(RowState::Routing { since } | RowState::Waiting { since, .. }) => *since,
                     _ => self.now(),
                 };
@@ -195,15 +235,28 @@ impl Display {
                 how,
                 held_secs,
                 detail,
+                cause,
                 ..
-            } => (
-                *session,
-                RowState::Ended {
-                    how: *how,
-                    held: *held_secs,
-                    detail: detail.clone(),
-                },
-            ),
+            } => {
+                if let (Some(row), Some(cause)) = (self.row_mut(*session), cause) {
+                    row.last_cause = Some(*cause);
+                }
+                (
+                    *session,
+                    RowState::Ended {
+                        how: *how,
+                        held: *held_secs,
+                        detail: detail.clone(),
+                        cause: *cause,
+                    },
+                )
+            }
+            Event::Replacing { session, .. } => {
+                if let Some(row) = self.row_mut(*session) {
+                    row.lost += 1;
+                }
+                return;
+            }
             Event::Failed { session, error, .. } => (
                 *session,
                 RowState::Failed {
@@ -212,13 +265,17 @@ impl Display {
             ),
             _ => return,
         };
-        if let Some(row) = self.rows.get_mut(session as usize - 1) {
-            *row = state;
+        if let Some(row) = self.row_mut(session) {
+            row.state = state;
         }
     }
 
-    fn row(&self, session: u32) -> Option<&RowState> {
-        self.rows.get(session as usize - 1)
+    fn row(&self, session: u32) -> Option<&Row> {
+        self.rows.get((session as usize).checked_sub(1)?)
+    }
+
+    fn row_mut(&mut self, session: u32) -> Option<&mut Row> {
+        self.rows.get_mut((session as usize).checked_sub(1)?)
     }
 
     fn clear_live(&mut self) {
@@ -230,10 +287,13 @@ impl Display {
 
     fn draw_live(&mut self) {
         let now = self.now();
+        // One column spare: a line filling the last column makes some
+        // terminals wrap, and the redraw would then stack duplicates.
+        let width = self.width() - 1;
         let mut text = String::new();
         for (i, row) in self.rows.iter().enumerate() {
-            let line = live_line(i as u32 + 1, row, now, &self.plan);
-            let _ = writeln!(text, "\x1b[2K{}", clip(&line, 110));
+            let line = live_line(i as u32 + 1, row, now, &self.plan, width);
+            let _ = writeln!(text, "\x1b[2K{line}");
         }
         if self.drawn_lines > 0 {
             let _ = write!(self.out, "\x1b[{}F", self.drawn_lines);
@@ -243,9 +303,12 @@ impl Display {
     }
 }
 
+/// `line` cut to at most `width` characters, ending in `…` when cut.
 fn clip(line: &str, width: usize) -> String {
     if line.chars().count() <= width {
         line.to_owned()
+    } else if width == 0 {
+        String::new()
     } else {
         let mut s: String = line.chars().take(width - 1).collect();
         s.push('…');
@@ -253,52 +316,116 @@ fn clip(line: &str, width: usize) -> String {
     }
 }
 
+/// `text` shortened to at most `width` characters by replacing its middle
+/// with `…`, so both the scheme and host start and the port survive.
+fn elide_middle(text: &str, width: usize) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= width {
+        return text.to_owned();
+    }
+    if width < 3 {
+        return clip(text, width);
+    }
+    let keep = width - 1;
+    let tail = keep / 2;
+    let head = keep - tail;
+    let mut s: String = chars[..head].iter().collect();
+    s.push('…');
+    s.extend(&chars[chars.len() - tail..]);
+    s
+}
+
 fn mmss(secs: f64) -> String {
     let secs = secs.max(0.0).round() as u64;
     format!("{:02}:{:02}", secs / 60, secs % 60)
 }
 
-fn live_line(number: u32, row: &RowState, now: f64, plan: &Plan) -> String {
+/// Shown after a row's state while it replaces lost workers.
+fn replacement_note(row: &Row) -> String {
+    match (row.lost, row.last_cause) {
+        (0, _) => String::new(),
+        (n, cause) => {
+            let workers = if n == 1 { "worker" } else { "workers" };
+            let cause = cause.map_or(String::new(), |c| format!(": {}", c.describe()));
+            format!("  [replacing {n} lost {workers}{cause}]")
+        }
+    }
+}
+
+/// One row of the live table, at most `width` characters.
+fn live_line(number: u32, row: &Row, now: f64, plan: &Plan, width: usize) -> String {
     let label = format!("session {number:>2}  ");
-    let body = match row {
+    let note = replacement_note(row);
+    let line = match &row.state {
         RowState::Pending => {
             let starts = plan.interval.as_secs_f64() * f64::from(number - 1);
-            format!("pending      starts in {:.0} s", (starts - now).max(0.0))
+            format!(
+                "{label}pending      starts in {:.0} s",
+                (starts - now).max(0.0)
+            )
         }
-        RowState::Routing { since } => format!("routing      {:.0} s", now - since),
-        RowState::Waiting { since, status } => {
-            format!("waiting      {:.0} s for a worker ({status})", now - since)
-        }
+        RowState::Routing { since } => format!("{label}routing      {:.0} s{note}", now - since),
+        RowState::Waiting { since, status } => format!(
+            "{label}waiting      {:.0} s{note} for a worker: {status}",
+            now - since
+        ),
         RowState::Held {
             since,
             url,
             session_id,
-        } => format!(
-            "held         {} / {}  {url}  ({session_id})",
-            mmss(now - since),
-            mmss(plan.hold.as_secs_f64())
-        ),
-        RowState::Ended { how, held, detail } => {
+        } => {
+            let head = format!(
+                "{label}held         {} / {}  ",
+                mmss(now - since),
+                mmss(plan.hold.as_secs_f64())
+            );
+            let room = width.saturating_sub(head.chars().count() + note.chars().count());
+            let url_len = url.chars().count();
+            let id = format!("  ({session_id})");
+            let rest = if url_len + id.chars().count() <= room {
+                format!("{url}{id}")
+            } else {
+                elide_middle(url, room.max(12))
+            };
+            format!("{head}{rest}{note}")
+        }
+        RowState::Ended {
+            how,
+            held,
+            detail,
+            cause,
+        } => {
             let mut s = match how {
                 Outcome::ReleasedByWorker => format!("released     by worker after {held:.1} s"),
                 Outcome::Closed => format!("closed       after {held:.1} s held"),
+                Outcome::Interrupted if detail.is_some() => "interrupted".to_owned(),
+                Outcome::Interrupted => format!("interrupted  closed after {held:.1} s held"),
                 other => format!("{:<12} after {held:.1} s", other.describe()),
             };
+            if let Some(cause) = cause {
+                let _ = write!(s, " ({})", cause.describe());
+            }
             if let Some(detail) = detail {
                 let _ = write!(s, ": {detail}");
             }
-            s
+            format!("{label}{s}")
         }
-        RowState::Failed { error } => format!("failed       {error}"),
+        RowState::Failed { error } => format!("{label}failed       {error}"),
     };
-    format!("{label}{body}")
+    clip(&line, width)
+}
+
+/// `n` followed by `one` or `many`, as `n` asks.
+pub fn count_of(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The plain-text line for an event (`None` for events not shown as lines).
 pub fn plain_line(event: &Event) -> Option<String> {
     let line = match event {
         Event::Start { t, endpoint, count, hold_secs, interval_secs, cost, lifetime_secs } => format!(
-            "[{t:7.1}s] endpoint {endpoint}: {count} session(s), {interval_secs} s apart, held {hold_secs} s each (cost {cost}, lifetime {lifetime_secs} s)"
+            "[{t:7.1}s] endpoint {endpoint}: {}, {interval_secs} s apart, held {hold_secs} s each (cost {cost}, lifetime {lifetime_secs} s)",
+            count_of(*count as usize, "session", "sessions")
         ),
         Event::Routing { t, session } => format!("[{t:7.1}s] session {session}: routing"),
         Event::Waiting { t, session, status } => {
@@ -310,20 +437,28 @@ pub fn plain_line(event: &Event) -> Option<String> {
         Event::Held { t, session, session_id, worker_url, reserve_secs } => format!(
             "[{t:7.1}s] session {session}: held on {worker_url} (session {session_id}), reserved in {reserve_secs:.1} s"
         ),
-        Event::Ended { t, session, how, held_secs, detail } => {
+        Event::Ended { t, session, how, held_secs, detail, cause } => {
             let mut line = match how {
                 Outcome::ReleasedByWorker => {
                     format!("[{t:7.1}s] session {session}: released by worker after {held_secs:.1} s")
                 }
                 Outcome::Closed => format!("[{t:7.1}s] session {session}: closed after {held_secs:.1} s held"),
+                Outcome::Interrupted if detail.is_some() => format!("[{t:7.1}s] session {session}: interrupted"),
+                Outcome::Interrupted => format!("[{t:7.1}s] session {session}: interrupted, closed after {held_secs:.1} s held"),
                 other => format!("[{t:7.1}s] session {session}: {} after {held_secs:.1} s", other.describe()),
             };
+            if let Some(cause) = cause {
+                let _ = write!(line, " ({})", cause.describe());
+            }
             if let Some(detail) = detail {
                 let _ = write!(line, ": {detail}");
             }
             line
         }
         Event::Failed { t, session, error } => format!("[{t:7.1}s] session {session}: failed: {error}"),
+        Event::Replacing { t, session, hold_left_secs } => format!(
+            "[{t:7.1}s] session {session}: reserving a replacement worker for the {hold_left_secs:.1} s of the hold left"
+        ),
         Event::Interrupted { t } => {
             format!("[{t:7.1}s] interrupted: closing open sessions (press Ctrl-C again to exit at once)")
         }
@@ -342,19 +477,28 @@ pub fn summary_table(reports: &[SessionReport]) -> String {
     );
     for r in reports {
         let secs = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
-        let mut ended = match r.outcome {
-            Outcome::ReleasedByWorker => format!("released by worker after {}", secs(r.held_secs)),
-            other => other.describe().to_owned(),
+        let mut ended = match (r.outcome, &r.error) {
+            (Outcome::ReleasedByWorker, _) => {
+                format!("released by worker after {}", secs(r.held_secs))
+            }
+            (Outcome::Interrupted, Some(error)) => error.clone(),
+            (Outcome::Interrupted, None) => "interrupted, closed".to_owned(),
+            (other, None) => other.describe().to_owned(),
+            (other, Some(error)) => format!("{}: {error}", other.describe()),
         };
-        if let Some(error) = &r.error {
-            let _ = write!(ended, ": {error}");
+        if r.replacements > 0 {
+            let _ = write!(
+                ended,
+                " ({} after lost workers)",
+                count_of(r.replacements as usize, "replacement", "replacements")
+            );
         }
         let _ = writeln!(
             out,
             "  {:<8} {:>9} {:<28} {:>9}  {}",
             r.session,
             secs(r.reserve_secs),
-            r.worker_url.as_deref().unwrap_or("-"),
+            elide_middle(r.worker_url.as_deref().unwrap_or("-"), 28),
             secs(r.held_secs),
             ended
         );
@@ -389,6 +533,7 @@ mod tests {
             lifetime: Duration::from_secs(60),
             timeout: None,
             check_interval: Duration::from_secs(5),
+            replace: true,
         }
     }
 
@@ -452,6 +597,209 @@ mod tests {
         assert!(text.contains("pending"), "{text:?}");
     }
 
+    /// The visible lines of a live display's output: escape sequences
+    /// removed, one entry per line drawn.
+    fn visible_lines(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for line in text.split('\n') {
+            let mut visible = String::new();
+            let mut chars = line.chars();
+            while let Some(c) = chars.next() {
+                if c == '\x1b' {
+                    // CSI: ESC [ params final-byte.
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    visible.push(c);
+                }
+            }
+            out.push(visible);
+        }
+        out
+    }
+
+    /// Every `ESC [ n F` (cursor up n lines) in `text`.
+    fn cursor_ups(text: &str) -> Vec<usize> {
+        text.split("\x1b[")
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                rest[digits.len()..]
+                    .starts_with('F')
+                    .then(|| digits.parse().unwrap())
+            })
+            .collect()
+    }
+
+    /// A run of four sessions in every interesting state, drawn twice.
+    fn render(width: usize) -> String {
+        let buffer = Buffer::default();
+        let plan = Plan { count: 4, ..plan() };
+        let mut display = Display::new(Mode::Live, plan, Instant::now(), Box::new(buffer.clone()))
+            .with_width(width);
+        let long_url = "https://ssh7.vast.ai-instance-1234567.example.com:41234";
+        for event in [
+            Event::Start {
+                t: 0.0,
+                endpoint: "an-endpoint-with-a-rather-long-name".into(),
+                count: 4,
+                hold_secs: 180.0,
+                interval_secs: 0.0,
+                cost: 100.0,
+                lifetime_secs: 60.0,
+            },
+            Event::Held {
+                t: 1.0,
+                session: 1,
+                session_id: "Ab3xyzSessionId".into(),
+                worker_url: long_url.into(),
+                reserve_secs: 1.0,
+            },
+            Event::Routing { t: 1.0, session: 2 },
+            Event::Waiting {
+                t: 1.5,
+                session: 2,
+                status: "waiting: 0 ready, 1 loading, 0 stopped, 0 error; launches failing (3 in a row): worker exited with status 1; see nullworker endpoint logs".into(),
+            },
+            Event::Ended {
+                t: 2.0,
+                session: 3,
+                how: Outcome::WorkerLost,
+                held_secs: 4.0,
+                detail: Some("http://127.0.0.1:43489/session/get: client error (Connect): tcp connect error: Connection refused (os error 111)".into()),
+                cause: Some(LossCause::WorkerGone),
+            },
+            Event::Replacing { t: 2.0, session: 3, hold_left_secs: 170.0 },
+            Event::Routing { t: 2.0, session: 3 },
+        ] {
+            display.handle(&event);
+        }
+        display.tick();
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn live_lines_fit_narrow_and_wide_terminals_and_redraws_move_up_what_was_drawn() {
+        for width in [60, 200] {
+            let text = render(width);
+            let lines = visible_lines(&text);
+            for line in &lines {
+                assert!(
+                    line.chars().count() <= width,
+                    "{width} columns: {} wide: {line:?}",
+                    line.chars().count()
+                );
+            }
+            // Every redraw of the four rows moves up over exactly the four
+            // rows drawn before it.
+            let ups = cursor_ups(&text);
+            assert!(!ups.is_empty(), "{text:?}");
+            assert!(ups.iter().all(|&n| n == 4), "{width}: {ups:?}");
+            // The last frame: the four rows, each once.
+            let frame: Vec<&String> = lines.iter().rev().skip(1).take(4).collect();
+            for n in 1..=4 {
+                let label = format!("session  {n}  ");
+                assert_eq!(
+                    frame.iter().filter(|l| l.starts_with(&label)).count(),
+                    1,
+                    "{width}: {frame:?}"
+                );
+            }
+            let held = frame.iter().find(|l| l.starts_with("session  1")).unwrap();
+            // At any width: the state, the times and both ends of the URL.
+            assert!(held.contains("held") && held.contains("/ 01:00"), "{held}");
+            assert!(
+                held.contains("https://") && held.contains(":41234"),
+                "{held}"
+            );
+            let waiting = frame.iter().find(|l| l.starts_with("session  2")).unwrap();
+            assert!(waiting.contains("waiting"), "{waiting}");
+            let replacing = frame.iter().find(|l| l.starts_with("session  3")).unwrap();
+            assert!(
+                replacing.contains("routing") && replacing.contains("replacing 1 lost worker"),
+                "{replacing}"
+            );
+            if width == 200 {
+                assert!(held.contains("https://ssh7.vast.ai-instance-1234567.example.com:41234  (Ab3xyzSessionId)"), "{held}");
+                assert!(waiting.contains("launches failing"), "{waiting}");
+                assert!(
+                    replacing.contains("worker gone from the endpoint"),
+                    "{replacing}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn elision_keeps_both_ends() {
+        assert_eq!(elide_middle("http://127.0.0.1:9", 40), "http://127.0.0.1:9");
+        let e = elide_middle("https://a-very-long-host-name.example.com:41234", 20);
+        assert_eq!(e.chars().count(), 20, "{e}");
+        assert!(
+            e.starts_with("https://a") && e.ends_with(":41234") && e.contains('…'),
+            "{e}"
+        );
+        assert_eq!(clip("abcdef", 4), "abc…");
+        assert_eq!(clip("abc", 4), "abc");
+    }
+
+    #[test]
+    fn counts_agree_with_their_nouns() {
+        assert_eq!(count_of(1, "session", "sessions"), "1 session");
+        assert_eq!(count_of(0, "session", "sessions"), "0 sessions");
+        assert_eq!(count_of(3, "worker", "workers"), "3 workers");
+        let start = plain_line(&Event::Start {
+            t: 0.0,
+            endpoint: "e".into(),
+            count: 1,
+            hold_secs: 1.0,
+            interval_secs: 0.0,
+            cost: 100.0,
+            lifetime_secs: 60.0,
+        })
+        .unwrap();
+        assert!(start.contains("1 session,"), "{start}");
+    }
+
+    #[test]
+    fn an_interrupt_before_any_worker_says_so() {
+        let report = SessionReport {
+            session: 1,
+            outcome: Outcome::Interrupted,
+            reserve_secs: None,
+            worker_url: None,
+            session_id: None,
+            held_secs: None,
+            error: Some("interrupted before a worker was reserved".into()),
+            replacements: 0,
+        };
+        let table = summary_table(&[report]);
+        assert!(
+            table.contains("  interrupted before a worker was reserved"),
+            "{table}"
+        );
+        assert!(!table.contains("closed"), "{table}");
+        let line = plain_line(&Event::Ended {
+            t: 1.0,
+            session: 1,
+            how: Outcome::Interrupted,
+            held_secs: 0.0,
+            detail: Some("interrupted before a worker was reserved".into()),
+            cause: None,
+        })
+        .unwrap();
+        assert!(
+            line.ends_with("session 1: interrupted: interrupted before a worker was reserved")
+                || line.contains("before a worker was reserved"),
+            "{line}"
+        );
+        assert!(!line.contains("closed"), "{line}");
+    }
+
     #[test]
     fn summary_names_releases_by_worker() {
         let report = SessionReport {
@@ -462,6 +810,7 @@ mod tests {
             session_id: Some("x".into()),
             held_secs: Some(8.0),
             error: None,
+            replacements: 0,
         };
         let table = summary_table(&[report]);
         assert!(table.contains("released by worker after 8.0 s"), "{table}");

@@ -97,6 +97,17 @@ pub struct ClientArgs {
     )]
     pub check_interval: f64,
 
+    /// When a held session's worker is lost (it stops answering, or the
+    /// engine stops listing it), reserve a replacement for the rest of the
+    /// hold. On by default; not done when the endpoint was deleted.
+    #[arg(long, overrides_with = "no_replace")]
+    pub replace: bool,
+
+    /// Do not replace lost workers: such a session ends as `worker lost`
+    /// and the run exits 1.
+    #[arg(long, overrides_with = "replace")]
+    pub no_replace: bool,
+
     /// Print one JSON object per event and line instead of the live display.
     #[arg(long)]
     pub json: bool,
@@ -233,6 +244,7 @@ impl ClientArgs {
                 lifetime: seconds("--lifetime", self.lifetime, 4.0, true)?,
                 timeout: Some(seconds("--timeout", self.timeout, 0.0, false)?),
                 check_interval: seconds("--check-interval", self.check_interval, 0.1, true)?,
+                replace: !self.no_replace,
             },
             json: self.json,
         })
@@ -286,8 +298,8 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
     let failed = reports.iter().filter(|r| r.outcome.is_failure()).count();
     if failed > 0 {
         eprintln!(
-            "nullworker: error: {failed} of {} session(s) failed",
-            reports.len()
+            "nullworker: error: {failed} of {} failed",
+            display::count_of(reports.len(), "session", "sessions")
         );
     }
     Ok(ExitCode::from(code))
@@ -344,6 +356,26 @@ mod tests {
         assert_eq!(config.plan.hold, Duration::from_secs(180));
         assert_eq!(config.plan.interval, Duration::from_secs(30));
         assert_eq!(config.plan.cost, 100.0);
+        assert!(config.plan.replace, "lost workers are replaced by default");
+    }
+
+    #[test]
+    fn no_replace_turns_replacement_off_and_the_last_flag_wins() {
+        assert!(!parse(&["--no-replace"]).validate().unwrap().plan.replace);
+        assert!(
+            !parse(&["--replace", "--no-replace"])
+                .validate()
+                .unwrap()
+                .plan
+                .replace
+        );
+        assert!(
+            parse(&["--no-replace", "--replace"])
+                .validate()
+                .unwrap()
+                .plan
+                .replace
+        );
     }
 
     #[test]
