@@ -376,3 +376,134 @@ fn demo_runs_the_whole_system_and_exits_zero() {
     assert!(out.contains("0 → 1 → 2 → 3"), "{out}");
     assert!(out.contains("done: scaled 0 → 3 → 0 workers"), "{out}");
 }
+
+/// A client holding one session with `--check-interval 1`; returns it, the
+/// `held` event and when (test clock) its line arrived.
+fn held_session(
+    engine: &EngineGuard,
+    ep: &TestEndpoint,
+    extra: &[&str],
+) -> (RunningClient, Value, Instant) {
+    let mut args = vec!["--check-interval", "1"];
+    if !extra.contains(&"--hold") {
+        args.extend(["--hold", "30"]);
+    }
+    args.extend_from_slice(extra);
+    let mut run = RunningClient::spawn(client(engine, ep, &args));
+    let held = run.wait_event("a held session", Duration::from_secs(60), |v| {
+        v["event"] == "held"
+    });
+    (run, held, Instant::now())
+}
+
+/// The pid of the worker at `url`.
+fn worker_pid(engine: &EngineGuard, ep: &TestEndpoint, url: &str) -> i32 {
+    engine
+        .workers_detail(ep)
+        .into_iter()
+        .find(|w| w["url"] == url)
+        .and_then(|w| w["pid"].as_i64())
+        .unwrap_or_else(|| panic!("no pid listed for {url}")) as i32
+}
+
+/// Seconds (client clock) from the loss to the `ended` event: the loss
+/// happened `lag` after the `held` line arrived, so no later than
+/// `held.t + lag` on the client's clock (the line arrives after its `t`).
+fn noticed_after(held: &Value, lag: Duration, ended: &Value) -> f64 {
+    ended["t"].as_f64().unwrap() - (held["t"].as_f64().unwrap() + lag.as_secs_f64())
+}
+
+#[test]
+fn deleting_the_endpoint_mid_hold_is_reported_within_three_check_intervals() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-delete", json!({}));
+    let (mut run, held, arrived) = held_session(&engine, &ep, &[]);
+    let (status, v) = engine.api(
+        reqwest::Method::DELETE,
+        &format!("/api/v0/endptjobs/{}/", ep.id),
+        None,
+    );
+    assert_eq!(status, 200, "{v}");
+    let lag = arrived.elapsed();
+    let ended = run.wait_event("the loss", Duration::from_secs(30), |v| {
+        v["event"] == "ended"
+    });
+    let after = noticed_after(&held, lag, &ended);
+    eprintln!("endpoint deletion noticed {after:.2} s after it (check interval 1 s)");
+    assert!(
+        after <= 3.0,
+        "noticed {after} s after the deletion: {ended}"
+    );
+    assert_eq!(ended["how"], "worker_lost", "{ended}");
+    assert_eq!(ended["cause"], "endpoint_deleted", "{ended}");
+    let (code, all) = run.finish(Duration::from_secs(15));
+    assert_eq!(code, 1, "{all:#?}");
+    assert!(
+        events(&all, "replacing").is_empty(),
+        "nothing can replace a deleted endpoint's worker: {all:#?}"
+    );
+}
+
+#[test]
+fn a_killed_worker_is_noticed_and_a_replacement_reserved() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-killed-worker", json!({}));
+    let (mut run, held, arrived) = held_session(&engine, &ep, &["--hold", "12"]);
+    let url = held["worker_url"].as_str().unwrap().to_owned();
+    // SAFETY: kill(2) on a worker process this test's engine started.
+    assert_eq!(
+        unsafe { libc::kill(worker_pid(&engine, &ep, &url), libc::SIGKILL) },
+        0
+    );
+    let lag = arrived.elapsed();
+    let ended = run.wait_event("the loss", Duration::from_secs(30), |v| {
+        v["event"] == "ended"
+    });
+    let after = noticed_after(&held, lag, &ended);
+    eprintln!("SIGKILLed worker noticed {after:.2} s after the kill (check interval 1 s)");
+    assert!(after <= 3.0, "noticed {after} s after the kill: {ended}");
+    assert_eq!(ended["how"], "worker_lost", "{ended}");
+    assert!(ended["cause"].is_string(), "{ended}");
+    run.wait_event("a replacement", Duration::from_secs(5), |v| {
+        v["event"] == "replacing" && v["session"] == 1
+    });
+    let second = run.wait_event("the replacement held", Duration::from_secs(60), |v| {
+        v["event"] == "held" && v["worker_url"] != url.as_str()
+    });
+    assert_ne!(second["session_id"], held["session_id"]);
+    let (code, all) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "the hold was completed on a replacement: {all:#?}");
+    let summary = &events(&all, "summary")[0]["sessions"][0];
+    assert_eq!(summary["outcome"], "closed", "{summary}");
+    assert_eq!(summary["replacements"], 1, "{summary}");
+}
+
+#[test]
+fn a_worker_that_stops_answering_is_lost_within_three_check_intervals() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-silent-worker", json!({}));
+    let (mut run, held, arrived) = held_session(&engine, &ep, &["--no-replace"]);
+    let url = held["worker_url"].as_str().unwrap().to_owned();
+    let pid = worker_pid(&engine, &ep, &url);
+    // A stopped process keeps its listening socket: connections are
+    // accepted by the kernel and never answered, as with a vanished host.
+    // SAFETY: kill(2) on a worker process this test's engine started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let lag = arrived.elapsed();
+    let ended = run.wait_event("the loss", Duration::from_secs(30), |v| {
+        v["event"] == "ended"
+    });
+    // SAFETY: as above; lets the engine stop it normally.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let after = noticed_after(&held, lag, &ended);
+    eprintln!("silent worker noticed {after:.2} s after it stopped (check interval 1 s)");
+    assert!(
+        after <= 3.0,
+        "noticed {after} s after it stopped answering: {ended}"
+    );
+    assert_eq!(ended["how"], "worker_lost", "{ended}");
+    assert_eq!(ended["cause"], "worker_unreachable", "{ended}");
+    let (code, all) = run.finish(Duration::from_secs(15));
+    assert_eq!(code, 1, "--no-replace: the loss fails the run: {all:#?}");
+    assert!(events(&all, "replacing").is_empty(), "{all:#?}");
+}
