@@ -237,6 +237,16 @@ impl Client {
 
     /// Every endpoint of the account (`GET /api/v0/endptjobs/?client_id=me`).
     pub async fn endpoints(&self) -> Result<Vec<EndpointRecord>, Error> {
+        self.endpoints_reporting(None).await
+    }
+
+    /// [`Self::endpoints`], telling `progress` about each failed attempt
+    /// ([`RouteEvent::Retrying`]) before the retry. With the default policy
+    /// the call gives up after 5 attempts, 12 to 16 s after the first.
+    pub async fn endpoints_reporting(
+        &self,
+        progress: Option<&Progress>,
+    ) -> Result<Vec<EndpointRecord>, Error> {
         let step = Step::ListEndpoints;
         let url = format!("{}{}", self.inner.webserver_url, paths::ENDPTJOBS);
         let full = format!("{url}?client_id=me");
@@ -252,6 +262,7 @@ impl Client {
                 WEB_TIMEOUT,
                 self.inner.retry.web_attempts,
                 self.inner.retry.max_poll_interval,
+                progress,
             )
             .await?;
         if matches!(reply.status, 401 | 403) {
@@ -319,7 +330,17 @@ impl Client {
 
     /// The endpoint called `name` (exact match, first wins).
     pub async fn endpoint(&self, name: &str) -> Result<Endpoint, Error> {
-        let endpoints = self.endpoints().await?;
+        self.endpoint_reporting(name, None).await
+    }
+
+    /// [`Self::endpoint`], telling `progress` about each failed attempt of
+    /// the lookup before it is retried (see [`Self::endpoints_reporting`]).
+    pub async fn endpoint_reporting(
+        &self,
+        name: &str,
+        progress: Option<&Progress>,
+    ) -> Result<Endpoint, Error> {
+        let endpoints = self.endpoints_reporting(progress).await?;
         let known = if endpoints.is_empty() {
             "no endpoints".to_owned()
         } else {

@@ -162,7 +162,9 @@ impl Http {
         timeout: Duration,
         attempts: u32,
         max_delay: Duration,
+        progress: Option<&crate::Progress>,
     ) -> Result<Reply, Error> {
+        let mut attempt = 1u32;
         let outcome = (|| async {
             match self.send(method.clone(), url, key, body, timeout).await {
                 Ok(reply) if reply.retryable() => Err(Failure::Status(reply)),
@@ -171,13 +173,21 @@ impl Http {
             }
         })
         .retry(retry::web(attempts, max_delay))
-        .notify(|failure, delay| match failure {
-            Failure::Status(reply) => {
-                tracing::debug!(%url, status = reply.status, ?delay, "retryable status; retrying");
+        .notify(|failure, delay| {
+            let what = match failure {
+                Failure::Status(reply) => format!("answered HTTP {}", reply.status),
+                Failure::Transport(err) => crate::error::transport_reason(err),
+            };
+            tracing::debug!(%url, %what, ?delay, "retrying");
+            if let Some(progress) = progress {
+                progress(&crate::RouteEvent::Retrying {
+                    reason: format!(
+                        "{url}: {what}; attempt {attempt} of {attempts} failed, retrying in {:.1} s",
+                        delay.as_secs_f64()
+                    ),
+                });
             }
-            Failure::Transport(err) => {
-                tracing::debug!(%url, error = %crate::error::transport_reason(err), ?delay, "transport error; retrying");
-            }
+            attempt += 1;
         })
         .await;
         match outcome {

@@ -261,13 +261,35 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let client = args.target.client()?;
-    let endpoint = client.endpoint(&config.endpoint).await.with_context(|| {
-        format!(
-            "cannot use endpoint {:?} at {}",
-            config.endpoint,
-            client.webserver_url()
-        )
-    })?;
+    // The lookup retries for 12 to 16 s: say at once that the engine does
+    // not answer, instead of a blank screen until the error.
+    let json = config.json;
+    let t_lookup = Instant::now();
+    let lookup_progress: nullworker_client::Progress =
+        std::sync::Arc::new(move |event: &nullworker_client::RouteEvent| {
+            if let nullworker_client::RouteEvent::Retrying { reason } = event {
+                if json {
+                    let line = serde_json::json!({
+                        "event": "engine_retrying",
+                        "t": (t_lookup.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                        "reason": reason,
+                    });
+                    println!("{line}");
+                } else {
+                    eprintln!("nullworker: cannot look up the endpoint yet: {reason}");
+                }
+            }
+        });
+    let endpoint = client
+        .endpoint_reporting(&config.endpoint, Some(&lookup_progress))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use endpoint {:?} at {}",
+                config.endpoint,
+                client.webserver_url()
+            )
+        })?;
 
     let cancel = CancellationToken::new();
     let interrupted = watch_signals(cancel.clone())?;

@@ -301,7 +301,10 @@ fn bad_input_and_failures_exit_non_zero_with_one_clear_line() {
     let (code, stderr) = run_to_end(client_as(&engine.url, "wrong-key", &ep, &["--hold", "1"]));
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("api key was rejected"), "{stderr}");
+}
 
+#[test]
+fn an_unreachable_engine_is_reported_at_once_and_given_up_on_after_the_documented_time() {
     let dead = format!("http://127.0.0.1:{}", crate::common::process::free_port());
     let mut cmd = nullworker();
     cmd.args([
@@ -315,13 +318,55 @@ fn bad_input_and_failures_exit_non_zero_with_one_clear_line() {
         "--webserver-url",
         &dead,
     ]);
-    let (code, stderr) = run_to_end(cmd);
-    assert_eq!(code, 1, "{stderr}");
-    assert!(
-        stderr.contains("cannot reach") && stderr.contains(&dead),
-        "{stderr}"
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = ChildGuard::spawn(cmd);
+    let stderr = child.child.as_mut().unwrap().stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let (first_at, first) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a line on stderr");
+    let first_after = first_at - started;
+    eprintln!(
+        "first message {:.2} s after start: {first}",
+        first_after.as_secs_f64()
     );
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // The first attempt fails at once (connection refused); the message
+    // comes before the first retry, not after the last.
+    assert!(
+        first_after < Duration::from_secs(3),
+        "{first_after:?}: {first}"
+    );
+    assert!(
+        first.contains(&dead) && first.contains("retrying"),
+        "{first}"
+    );
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("gave up within 30 s");
+    let gave_up = started.elapsed();
+    let lines: Vec<String> = rx.try_iter().map(|(_, l)| l).collect();
+    assert_eq!(status.code(), Some(1), "{lines:?}");
+    let last = lines.last().expect("a final error line");
+    assert!(
+        last.contains("cannot reach") && last.contains(&dead),
+        "{last}"
+    );
+    // Documented: 5 attempts, giving up 12 to 16 s after the first.
+    eprintln!("gave up after {:.1} s", gave_up.as_secs_f64());
+    assert!(
+        gave_up >= Duration::from_secs(12) && gave_up < Duration::from_secs(20),
+        "{gave_up:?}"
+    );
 }
 
 #[test]
