@@ -13,7 +13,8 @@
 //!   and is idle again after the SDK closes it.
 //!
 //! The wheel is `NULLWORKER_WHEEL` (scripts/test.sh builds it with
-//! scripts/build-wheel.sh and exports it), else the newest of this version in
+//! scripts/build-wheel.sh and exports it; a relative path is taken from the
+//! repository root), else the newest of this version in
 //! `target/wheels/`. Without one, or without Python, git or the `vastai` SDK,
 //! these tests fail with the command to run: they are never skipped.
 
@@ -44,7 +45,9 @@ const CONTAINER_ID: i64 = 910_001;
 /// The wheel under test.
 fn wheel() -> PathBuf {
     if let Some(path) = std::env::var_os("NULLWORKER_WHEEL").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
+        // Relative to the repository root, where the scripts run (the test
+        // itself runs in crates/cli).
+        let path = repo_root().join(path);
         assert!(
             path.is_file(),
             "NULLWORKER_WHEEL={} is not a file: {WHEEL_HINT}",
