@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
 # Start `nullworker serve` on a Vast instance, with the instance's environment.
 #
+# Prefer a prebuilt binary (the wheel, the tarball or deploy/Dockerfile, see
+# deploy/README.md; with PYWORKER_REPO Vast's own start script runs
+# workers/null/worker.py instead of this one). Building at boot (4. below)
+# is a last resort: minutes of paid GPU time on every cold start.
+#
 # Where the binary comes from, first match wins:
 #   1. NULLWORKER_BIN: path of a prebuilt binary (e.g. baked into your image);
 #   2. `nullworker` already on PATH;

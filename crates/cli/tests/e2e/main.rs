@@ -13,4 +13,5 @@ mod examples;
 mod interop;
 mod queue_cli;
 mod queue_flow;
+mod vast_boot;
 mod worker;

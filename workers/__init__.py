@@ -1,0 +1,1 @@
+"""Worker entry points in the layout Vast's start script expects (`workers/<BACKEND>/worker.py`)."""

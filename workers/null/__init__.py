@@ -1,0 +1,1 @@
+"""BACKEND=null: `python -m workers.null.worker` runs `nullworker serve` (see worker.py)."""
