@@ -4,12 +4,11 @@
 # 2.17 (manylinux2014 x86_64), so `pip install` puts a `nullworker` that runs on
 # old CUDA base images on PATH, with no Rust toolchain.
 #
-#   scripts/build-wheel.sh                    # profile wheel-ci into target/wheels/
-#   scripts/build-wheel.sh --profile release --out dist
+#   scripts/build-wheel.sh                    # into target/wheels/
+#   scripts/build-wheel.sh --out dist
 #
-# Profiles: `wheel-ci` (default; the release profile with thin LTO and 16
-# codegen units, what the tests install, built by scripts/test.sh) or
-# `release` (fat LTO, one codegen unit: what scripts/release.sh ships).
+# Always the release profile (fat LTO, one codegen unit): the wheel the tests
+# install (scripts/test.sh) is the one scripts/release.sh ships.
 # Old wheels of the same version in the output directory are replaced.
 #
 # The build tools (maturin and ziglang, pinned below) are installed from PyPI
@@ -25,24 +24,18 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 maturin_version="1.16.0"
 ziglang_version="0.17.1"
 target="x86_64-unknown-linux-gnu"
-profile="wheel-ci"
 out="$repo/target/wheels"
 
 log() { echo "build-wheel: $*" >&2; }
-usage() { echo "usage: scripts/build-wheel.sh [--profile wheel-ci|release] [--out DIR]" >&2; exit 2; }
+usage() { echo "usage: scripts/build-wheel.sh [--out DIR]" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --profile) [[ $# -ge 2 ]] || usage; profile="$2"; shift 2 ;;
         --out) [[ $# -ge 2 ]] || usage; out="$2"; shift 2 ;;
         -h | --help) usage ;;
         *) log "unexpected argument $1"; usage ;;
     esac
 done
-case "$profile" in
-    wheel-ci | release) ;;
-    *) log "--profile $profile: expected wheel-ci or release"; exit 2 ;;
-esac
 
 tools="${BUILD_VENV:-$repo/target/wheel-tools}"
 tools_ready() {
@@ -72,14 +65,12 @@ mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 rm -f "$out"/nullworker-"$version"-*.whl
 
-profile_args=(--profile "$profile")
-[[ "$profile" == "release" ]] && profile_args=(--release)
-log "building nullworker $version ($profile profile, $target, manylinux2014 via zig) into $out"
+log "building nullworker $version (release profile, $target, manylinux2014 via zig) into $out"
 start=$SECONDS
 # maturin finds zig through `python -m ziglang`: the tools' python first on PATH.
 (
     cd "$repo"
-    PATH="$tools/bin:$PATH" maturin build "${profile_args[@]}" --locked --zig \
+    PATH="$tools/bin:$PATH" maturin build --release --locked --zig \
         --target "$target" --compatibility manylinux2014 --out "$out" >&2
 )
 shopt -s nullglob

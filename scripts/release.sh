@@ -28,7 +28,7 @@ name="nullworker-$version-$triple"
 rm -rf dist
 mkdir -p dist
 start=$SECONDS
-wheel="$(scripts/build-wheel.sh --profile release --out dist | tail -n 1)"
+wheel="$(scripts/build-wheel.sh --out dist | tail -n 1)"
 
 # The tarball carries the wheel's own binary (linked against glibc 2.17 and
 # stripped), so both artifacts run the same code.
