@@ -141,7 +141,7 @@ enum EndpointCommand {
         #[arg(long)]
         consumer: bool,
         /// Last LINES lines of each log (whole lines).
-        #[arg(long, default_value_t = 100, value_name = "LINES",
+        #[arg(long, default_value_t = 100, value_name = "LINES", allow_negative_numbers = true,
               value_parser = clap::value_parser!(u64).range(0..=nullworker_client::MAX_LOG_LINES))]
         tail: u64,
         /// Keep printing lines as they are written, until Ctrl-C.

@@ -228,8 +228,8 @@ pub fn engine_defaults() -> EndpointParams {
 }
 
 /// Every parameter of `record` with its value and source: `given` (sent in
-/// this call), `preset` (from the preset), `default` (not given and equal
-/// to `defaults`), else `set` (a value set earlier, kept).
+/// this call), `preset` (a preset value other than the default), `default`
+/// (not given and equal to `defaults`), else `set` (set earlier, kept).
 pub fn effective_config(
     record: &EndpointRecord,
     given: &EndpointParams,
@@ -246,9 +246,11 @@ pub fn effective_config(
             let value = values.get(name).cloned().unwrap_or(Value::Null);
             let source = if given.contains_key(name) {
                 Source::Given
-            } else if let Some((preset, _)) =
-                preset_values.as_ref().filter(|(_, p)| p.contains_key(name))
-            {
+            } else if let Some((preset, _)) = preset_values.as_ref().filter(|(_, p)| {
+                // A preset value equal to the default is the default.
+                p.get(name)
+                    .is_some_and(|v| defaults.get(name).is_none_or(|d| !same(d, v)))
+            }) {
                 Source::Preset((*preset).to_owned())
             } else if defaults
                 .get(name)
@@ -378,6 +380,8 @@ mod tests {
             Source::Preset("seed".into())
         );
         assert_eq!(find(&lines, "max_workers").source, Source::Given);
+        // The preset's values that are the defaults are shown as defaults.
+        assert_eq!(find(&lines, "cold_mult").source, Source::Default);
 
         // An update: earlier values that differ from the defaults are kept.
         let given = EndpointParams {
