@@ -234,7 +234,7 @@ fn endpoint_cli_finds_the_key_in_vast_files_and_the_engine_state() {
 
     // No key anywhere: a usage error naming every place looked at.
     let out = list(
-        &mut endpoint_cmd(&engine.url, home.path())
+        endpoint_cmd(&engine.url, home.path())
             .env("NULLWORKER_STATE_DIR", home.path().join("none")),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
