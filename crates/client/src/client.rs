@@ -175,7 +175,7 @@ pub(crate) struct ClientInner {
 /// downloaded until an endpoint is looked up.
 #[derive(Clone)]
 pub struct Client {
-    inner: Arc<ClientInner>,
+    pub(crate) inner: Arc<ClientInner>,
 }
 
 impl std::fmt::Debug for Client {

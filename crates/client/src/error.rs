@@ -28,6 +28,16 @@ pub enum Step {
     ListWorkers,
     /// Creating an endpoint (`POST /api/v0/endptjobs/`).
     CreateEndpoint,
+    /// Reading one endpoint (`GET /api/v0/endptjobs/{id}/`).
+    GetEndpoint,
+    /// Changing an endpoint (`PUT /api/v0/endptjobs/{id}/`).
+    UpdateEndpoint,
+    /// Deleting an endpoint (`DELETE /api/v0/endptjobs/{id}/`).
+    DeleteEndpoint,
+    /// Reading a local engine's worker list (`GET /api/v0/endptjobs/{id}/workers/`).
+    WorkerDetails,
+    /// Reading a worker's log from a local engine.
+    WorkerLog,
     /// Releasing from the instance (`POST <control server>/release`).
     Release,
     /// Reading the reservation status on the instance (`GET <control server>/session`).
@@ -46,6 +56,17 @@ impl fmt::Display for Step {
             Self::WorkerRequest(route) => write!(f, "calling the worker (POST {route})"),
             Self::ListWorkers => f.write_str("listing workers (POST /get_endpoint_workers/)"),
             Self::CreateEndpoint => f.write_str("creating the endpoint (POST /api/v0/endptjobs/)"),
+            Self::GetEndpoint => f.write_str("reading the endpoint (GET /api/v0/endptjobs/{id}/)"),
+            Self::UpdateEndpoint => {
+                f.write_str("updating the endpoint (PUT /api/v0/endptjobs/{id}/)")
+            }
+            Self::DeleteEndpoint => {
+                f.write_str("deleting the endpoint (DELETE /api/v0/endptjobs/{id}/)")
+            }
+            Self::WorkerDetails => {
+                f.write_str("reading the worker list (GET /api/v0/endptjobs/{id}/workers/)")
+            }
+            Self::WorkerLog => f.write_str("reading a worker log"),
             Self::Release => f.write_str("releasing on the instance (POST /release)"),
             Self::SessionStatus => {
                 f.write_str("reading the reservation status on the instance (GET /session)")

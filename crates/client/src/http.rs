@@ -83,6 +83,11 @@ impl Http {
         Ok(Self { client })
     }
 
+    /// The underlying client, for calls whose answer is not JSON.
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// One request. `key` goes into `Authorization: Bearer <key>` and the
     /// `api_key` query parameter (both present even when empty). `body` is
     /// sent as JSON for non-GET methods.

@@ -17,9 +17,15 @@
 //!   `POST /release` and `GET /session` on the instance.
 //! * [`Error`] — every failure names the step ([`Step`]) and the reason.
 //!
+//! * [`Client::endpoint_by_id`], [`Client::create_endpoint_with`],
+//!   [`Client::update_endpoint`], [`Client::delete_endpoint`] — endpoint
+//!   management on the web API (§4), plus a local engine's worker details
+//!   and logs ([`Client::worker_details`], [`Client::worker_log`]).
+//!
 //! Modules: `config` (instances, builder), `http` (the one HTTP helper),
-//! `backoff` (pure delays), `retry` (the one retry policy: schedules that
-//! `backon` drives), `client` (client, endpoint, routing), `session`
+//! `endpoints` (endpoint management), `backoff` (pure delays), `retry` (the
+//! one retry policy: schedules that `backon` drives), `client` (client,
+//! endpoint, routing), `session`
 //! (sessions and leases), [`runner`] (a run of `count` sessions, as `nullworker client` does).
 //!
 //! ```no_run
@@ -41,6 +47,7 @@ pub mod backoff;
 mod client;
 mod config;
 pub mod consumer;
+mod endpoints;
 mod error;
 mod http;
 mod retry;
@@ -49,5 +56,9 @@ mod session;
 
 pub use client::{Client, Endpoint, Progress, RequestOptions, Response, RouteEvent};
 pub use config::{ClientBuilder, Instance, ParseInstanceError, RetryPolicy};
+pub use endpoints::{
+    Deleted, EndedWorker, EndpointConfig, EndpointDetail, LogChunk, LogRange, SpawnBackoff,
+    WorkerDetail, WorkerDetails, LOG_LENGTH_HEADER, LOG_START_HEADER, MAX_LOG_LINES,
+};
 pub use error::{Error, Step};
 pub use session::{Session, SessionEnd, SessionOptions, SessionStatus};

@@ -880,14 +880,12 @@ async fn worker_logs(
     let worker_id = parse_id(&worker_id, "worker")?;
     let consumer =
         query_value(&query, "consumer").is_some_and(|v| matches!(v.as_str(), "1" | "true" | "yes"));
-    worker_log(
-        &core,
-        id,
-        worker_id,
-        consumer,
+    let range = LogRead::from_query(
         query_value(&query, "tail").as_deref(),
-    )
-    .await
+        query_value(&query, "lines").as_deref(),
+        query_value(&query, "from").as_deref(),
+    )?;
+    worker_log_range(&core, id, worker_id, consumer, range).await
 }
 
 /// The end of a worker's (or its consumer's) log as text, for the web API
@@ -900,6 +898,21 @@ pub async fn worker_log(
     consumer: bool,
     tail: Option<&str>,
 ) -> Result<Response, WebError> {
+    let range = LogRead::from_query(tail, None, None)?;
+    worker_log_range(core, id, worker_id, consumer, range).await
+}
+
+/// Part of a worker's (or its consumer's) log as text: the worker must
+/// belong to endpoint `id`. The answer carries [`LOG_START_HEADER`] (offset
+/// of its first byte in the log) and [`LOG_LENGTH_HEADER`] (the log's
+/// length when read), so a follower can ask for what comes next.
+pub async fn worker_log_range(
+    core: &Core,
+    id: i64,
+    worker_id: i64,
+    consumer: bool,
+    range: LogRead,
+) -> Result<Response, WebError> {
     let owner = core
         .store
         .call(move |db| db.worker_endpoint(worker_id))
@@ -911,21 +924,30 @@ pub async fn worker_log(
             "worker {worker_id} of endpoint {id}"
         )));
     }
-    let tail = log_tail(tail)?;
     let kind = if consumer {
         crate::supervisor::ProcKind::Consumer
     } else {
         crate::supervisor::ProcKind::Worker
     };
     let path = core.launcher.log_path(worker_id, kind);
-    let text = tokio::task::spawn_blocking(move || read_tail(&path, tail))
+    let text = tokio::task::spawn_blocking(move || read_log(&path, range))
         .await
         .map_err(WebError::internal)?;
     match text {
-        Ok(bytes) => Ok((
+        Ok(piece) => Ok((
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            bytes,
+            [
+                (header::CONTENT_TYPE, "text/plain; charset=utf-8".to_owned()),
+                (
+                    header::HeaderName::from_static(LOG_START_HEADER),
+                    piece.start.to_string(),
+                ),
+                (
+                    header::HeaderName::from_static(LOG_LENGTH_HEADER),
+                    piece.length.to_string(),
+                ),
+            ],
+            piece.bytes,
         )
             .into_response()),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Err(WebError::NotFound(format!(
@@ -953,16 +975,160 @@ fn log_tail(raw: Option<&str>) -> Result<u64, WebError> {
     }
 }
 
-fn read_tail(path: &std::path::Path, tail: u64) -> std::io::Result<Vec<u8>> {
+/// Most lines `?lines=` asks for.
+pub const MAX_LOG_LINES: u64 = 1_000_000;
+/// Response header: offset in the log of the answer's first byte.
+pub const LOG_START_HEADER: &str = "x-log-start";
+/// Response header: the log's length when it was read.
+pub const LOG_LENGTH_HEADER: &str = "x-log-length";
+
+/// Which part of a log a request reads; every variant answers at most
+/// [`MAX_LOG_TAIL`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogRead {
+    /// The last bytes (`?tail=`, the default).
+    TailBytes(u64),
+    /// The last whole lines (`?lines=`; a final line without its newline
+    /// counts).
+    TailLines(u64),
+    /// From a byte offset on (`?from=`); an offset past the end means the
+    /// log was rotated (copied and truncated): the answer starts at 0.
+    From(u64),
+}
+
+impl LogRead {
+    /// The range of `?tail=`, `?lines=` and `?from=` (at most one).
+    pub fn from_query(
+        tail: Option<&str>,
+        lines: Option<&str>,
+        from: Option<&str>,
+    ) -> Result<Self, WebError> {
+        let number = |name: &str, v: &str, what: &str| {
+            v.parse::<u64>()
+                .map_err(|_| WebError::InvalidArgs(format!("{name}: expected {what}, got {v:?}")))
+        };
+        match (tail, lines, from) {
+            (t, None, None) => Ok(Self::TailBytes(log_tail(t)?)),
+            (None, Some(n), None) => {
+                let what = "a number of lines from 0 to 1000000";
+                let n = number("lines", n, what)?;
+                if n > MAX_LOG_LINES {
+                    return Err(WebError::InvalidArgs(format!(
+                        "lines: expected {what}, got {n}"
+                    )));
+                }
+                Ok(Self::TailLines(n))
+            }
+            (None, None, Some(offset)) => Ok(Self::From(number("from", offset, "a byte offset")?)),
+            _ => Err(WebError::InvalidArgs(
+                "tail, lines, from: expected at most one of them".into(),
+            )),
+        }
+    }
+}
+
+/// A piece of a log: its bytes, where they start, the log's length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPiece {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Offset of the first byte.
+    pub start: u64,
+    /// Length of the log when read.
+    pub length: u64,
+}
+
+/// Reads `range` of the log at `path` (blocking: call off the runtime).
+pub fn read_log(path: &std::path::Path, range: LogRead) -> std::io::Result<LogPiece> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    if len > tail {
-        file.seek(SeekFrom::Start(len - tail))?;
+    let length = file.metadata()?.len();
+    let mut read_from = |start: u64, max: u64| -> std::io::Result<Vec<u8>> {
+        file.seek(SeekFrom::Start(start))?;
+        let mut buf = Vec::new();
+        (&mut file).take(max).read_to_end(&mut buf)?;
+        Ok(buf)
+    };
+    match range {
+        LogRead::TailBytes(tail) => {
+            let start = length.saturating_sub(tail.min(MAX_LOG_TAIL));
+            let bytes = read_from(start, MAX_LOG_TAIL)?;
+            Ok(LogPiece {
+                bytes,
+                start,
+                length,
+            })
+        }
+        LogRead::From(offset) => {
+            let start = if offset > length { 0 } else { offset };
+            let bytes = read_from(start, MAX_LOG_TAIL)?;
+            Ok(LogPiece {
+                bytes,
+                start,
+                length,
+            })
+        }
+        LogRead::TailLines(n) => {
+            // Read backwards a block at a time until `n` lines are in hand,
+            // the file's start is reached, or the answer is at its cap.
+            const BLOCK: u64 = 64 << 10;
+            let mut start = length;
+            let mut buf: Vec<u8> = Vec::new();
+            loop {
+                let step = BLOCK.min(start).min(MAX_LOG_TAIL - (length - start));
+                if step == 0 {
+                    break;
+                }
+                start -= step;
+                let mut block = read_from(start, step)?;
+                block.extend_from_slice(&buf);
+                buf = block;
+                if line_breaks_before_last(&buf) >= n {
+                    break;
+                }
+            }
+            let cut = last_lines_start(&buf, n, start == 0);
+            Ok(LogPiece {
+                bytes: buf[cut..].to_vec(),
+                start: start + cut as u64,
+                length,
+            })
+        }
     }
-    let mut buf = Vec::new();
-    file.read_to_end(&mut buf)?;
-    Ok(buf)
+}
+
+/// Line breaks in `buf` that end a line other than its last one (a final
+/// `\n` closes the last line and does not count).
+fn line_breaks_before_last(buf: &[u8]) -> u64 {
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    body.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Index in `buf` (the end of a log) where its last `n` lines start. A
+/// final line without its newline counts as a line. When `buf` holds fewer
+/// lines and does not reach the log's start (`at_start` false), its first,
+/// partial line is left out unless it is all there is.
+pub fn last_lines_start(buf: &[u8], n: u64, at_start: bool) -> usize {
+    if n == 0 {
+        return buf.len();
+    }
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let mut seen = 0;
+    for (i, &b) in body.iter().enumerate().rev() {
+        if b == b'\n' {
+            seen += 1;
+            if seen == n {
+                return i + 1;
+            }
+        }
+    }
+    if at_start {
+        return 0;
+    }
+    match body.iter().position(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1295,8 +1461,84 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("worker.log");
         std::fs::write(&path, b"0123456789").unwrap();
-        assert_eq!(read_tail(&path, 4).unwrap(), b"6789");
-        assert_eq!(read_tail(&path, MAX_LOG_TAIL).unwrap(), b"0123456789");
+        let tail = |n| read_log(&path, LogRead::TailBytes(n)).unwrap();
+        assert_eq!(tail(4).bytes, b"6789");
+        assert_eq!((tail(4).start, tail(4).length), (6, 10));
+        assert_eq!(tail(MAX_LOG_TAIL).bytes, b"0123456789");
+    }
+
+    #[test]
+    fn log_ranges_come_from_one_query_parameter() {
+        assert_eq!(
+            LogRead::from_query(None, None, None).unwrap(),
+            LogRead::TailBytes(DEFAULT_LOG_TAIL)
+        );
+        assert_eq!(
+            LogRead::from_query(None, Some("5"), None).unwrap(),
+            LogRead::TailLines(5)
+        );
+        assert_eq!(
+            LogRead::from_query(None, None, Some("7")).unwrap(),
+            LogRead::From(7)
+        );
+        for (t, l, f, needle) in [
+            (Some("1"), Some("1"), None, "at most one"),
+            (None, Some("-1"), None, "lines: expected a number of lines"),
+            (None, Some("1000001"), None, "lines: expected"),
+            (None, None, Some("x"), "from: expected a byte offset"),
+        ] {
+            let err = LogRead::from_query(t, l, f).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn last_lines_are_whole_lines() {
+        // (buffer, n, reaches the log's start, expected answer)
+        let table: &[(&[u8], u64, bool, &[u8])] = &[
+            (b"a\nb\nc\n", 2, true, b"b\nc\n"),
+            (b"a\nb\nc\n", 3, true, b"a\nb\nc\n"),
+            (b"a\nb\nc\n", 9, true, b"a\nb\nc\n"),
+            (b"a\nb\nc", 1, true, b"c"),
+            (b"a\nb\nc", 2, true, b"b\nc"),
+            (b"a\nb\n", 0, true, b""),
+            (b"", 3, true, b""),
+            (b"\n\n\n", 2, true, b"\n\n"),
+            // Not at the start: the first, cut line is left out.
+            (b"rtial\nb\nc\n", 9, false, b"b\nc\n"),
+            (b"no newline at all", 2, false, b"no newline at all"),
+        ];
+        for (buf, n, at_start, want) in table {
+            let got = &buf[last_lines_start(buf, *n, *at_start)..];
+            assert_eq!(got, *want, "{:?} n={n}", String::from_utf8_lossy(buf));
+        }
+    }
+
+    #[test]
+    fn logs_are_read_by_lines_and_from_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("worker.log");
+        // Lines longer than a read block, so several blocks are needed.
+        let long = "x".repeat(70_000);
+        let text = format!("one\n{long}\nthree\nfour\n");
+        std::fs::write(&path, &text).unwrap();
+        let piece = read_log(&path, LogRead::TailLines(2)).unwrap();
+        assert_eq!(piece.bytes, b"three\nfour\n");
+        assert_eq!(piece.length, text.len() as u64);
+        assert_eq!(piece.start, (text.len() - 11) as u64);
+        let piece = read_log(&path, LogRead::TailLines(3)).unwrap();
+        assert_eq!(piece.bytes, format!("{long}\nthree\nfour\n").as_bytes());
+        let piece = read_log(&path, LogRead::TailLines(10)).unwrap();
+        assert_eq!((piece.start, piece.bytes.len()), (0, text.len()));
+        let piece = read_log(&path, LogRead::From(piece.length - 5)).unwrap();
+        assert_eq!(piece.bytes, b"four\n");
+        // Past the end: rotated, read from the start.
+        std::fs::write(&path, "new\n").unwrap();
+        let piece = read_log(&path, LogRead::From(100)).unwrap();
+        assert_eq!(
+            (piece.start, piece.bytes.as_slice()),
+            (0, b"new\n".as_slice())
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! End-to-end tests of `nullworker engine` with real worker processes
 //! (`nullworker serve`): scaling from zero and back, concurrency, the
 //! `max_workers` cap, replacement of broken workers, the spawn backoff,
-//! control ports, restarts, bad input and the `nullworker endpoint` CLI.
+//! control ports, restarts and bad input (the `nullworker endpoint` CLI is in
+//! `endpoint_cli`).
 
 use std::time::Duration;
 
@@ -697,86 +698,6 @@ fn engine_rejects_bad_input_with_4xx_naming_the_field() {
         .text()
         .unwrap();
     assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-}
-
-#[test]
-fn engine_endpoint_cli_creates_lists_and_shows_workers_and_logs() {
-    let engine = EngineGuard::start();
-    let cli = |args: &[&str]| {
-        let out = nullworker()
-            .arg("endpoint")
-            .args(["--engine-url", &engine.url, "--api-key", ACCOUNT_KEY])
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{args:?}: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
-    let created = cli(&[
-        "create",
-        "clied",
-        "--preset",
-        "seed",
-        "--max-workers",
-        "3",
-        "--inactivity-timeout",
-        "-1",
-    ]);
-    assert!(created.contains("created endpoint clied"), "{created}");
-    let list = cli(&["list"]);
-    assert!(list.contains("clied"), "{list}");
-    let show: Value = serde_json::from_str(&cli(&["show", "clied"])).unwrap();
-    assert_eq!(show["max_workers"], 3);
-    assert_eq!(show["max_queue_time"], 1.0);
-    assert_eq!(show["inactivity_timeout"], -1.0);
-    cli(&["update", "clied", "--min-load", "100"]);
-    let ep = TestEndpoint {
-        id: show["id"].as_i64().unwrap(),
-        name: "clied".into(),
-        api_key: show["api_key"].as_str().unwrap().into(),
-    };
-    wait_for("min_load brings a worker up", LONG, || {
-        engine
-            .workers(&ep)
-            .iter()
-            .any(|w| w["status"] == "IDLE")
-            .then_some(())
-    });
-    let table = cli(&["workers", "clied"]);
-    assert!(
-        table.contains("IDLE") && table.contains("http://127.0.0.1:"),
-        "{table}"
-    );
-    let control_port = engine
-        .workers(&ep)
-        .iter()
-        .find(|w| w["status"] == "IDLE")
-        .and_then(|w| w["control_port"].as_u64())
-        .expect("control port of the IDLE worker");
-    assert!(table.contains("CONTROL"), "{table}");
-    assert!(table.contains(&format!(" {control_port} ")), "{table}");
-    let show: Value = serde_json::from_str(&cli(&["show", "clied"])).unwrap();
-    assert_eq!(show["spawn_backoff"]["failures"], 0, "{show}");
-    let logs = wait_for("worker logs", LONG, || {
-        let logs = cli(&["logs", "clied"]);
-        logs.contains("===== worker").then_some(logs)
-    });
-    assert!(logs.contains("starting worker"), "{logs}");
-    let deleted = cli(&["delete", "clied"]);
-    assert!(deleted.contains("deleted endpoint clied"), "{deleted}");
-    assert!(!cli(&["list"]).contains("clied"));
-    // Without a key the CLI says what is missing.
-    let out = nullworker()
-        .args(["endpoint", "--engine-url", &engine.url, "list"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("account key"));
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod chaos;
 mod client;
 mod dashboard;
 mod dispatch;
+mod endpoint_cli;
 mod engine;
 mod examples;
 mod interop;
