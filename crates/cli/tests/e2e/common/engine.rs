@@ -83,8 +83,22 @@ impl EngineGuard {
             }
         }
         cmd.arg("engine");
-        if !args.contains(&"--listen") {
-            cmd.arg("--listen").arg("127.0.0.1:0");
+        match args.iter().position(|a| *a == "--listen") {
+            None => {
+                cmd.arg("--listen").arg("127.0.0.1:0");
+            }
+            Some(i) => {
+                // A restart on a known address: the port was free a moment
+                // ago, but a connection of another test may hold it as its
+                // local port until it closes. The dashboard would default
+                // to the next port, which nothing reserved: take any.
+                if let Some(addr) = args.get(i + 1) {
+                    wait_until_bindable(addr);
+                }
+                if !args.contains(&"--ui-listen") {
+                    cmd.arg("--ui-listen").arg("127.0.0.1:0");
+                }
+            }
         }
         cmd.arg("--state-dir")
             .arg(state_dir)
@@ -303,4 +317,19 @@ impl Drop for EngineGuard {
 pub fn alive(pid: i64) -> bool {
     // SAFETY: kill(2) with signal 0 only checks existence.
     unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Waits (up to 30 s) until `addr` can be bound, so an engine restarted on
+/// it does not fail on a port that a closing connection still holds.
+fn wait_until_bindable(addr: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => return,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) => panic!("{addr} is still in use after 30 s: {err}"),
+        }
+    }
 }
