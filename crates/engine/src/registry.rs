@@ -31,7 +31,9 @@ use crate::events::{EndpointView, EngineEvent, Observation};
 use crate::policy::autoscale::{ActionKind, Decision, EndpointSnapshot, WorkerView};
 use crate::policy::backoff::SpawnBackoff;
 use crate::policy::requests::RequestTable;
-use crate::policy::routing::{waiting_status_from_counts, RouteCandidate, RouteIndex, StateCounts};
+use crate::policy::routing::{
+    waiting_status, RouteCandidate, RouteIndex, StateCounts, WaitingFacts,
+};
 use crate::policy::worker_state::{derive_state_from, ProcessPhase, ReportFacts};
 use crate::policy::{EndpointPolicy, EndpointState, WorkerState};
 use crate::store::StoreOp;
@@ -233,8 +235,8 @@ pub enum RouteReply {
         status: String,
         /// Worth holding the answer for a worker to become ready.
         hold: bool,
-        /// Why launches are failing, while they are held back (also at the
-        /// end of `status`).
+        /// Why launches are failing, while they are held back (also in
+        /// `status`).
         reason: Option<String>,
     },
 }
@@ -1225,16 +1227,22 @@ impl Registry {
             endpoint_id: ep.stored.id,
             waiting: true,
         });
-        let mut status = waiting_status_from_counts(ep.policy.state, &ep.state_counts);
         let failures = ep.backoff.failures();
-        let reason = match &ep.last_error {
-            Some((err, _)) if failures > 0 && ep.policy.state != EndpointState::Stopped => {
-                // No countdown in it: clients print the status when it changes.
-                status.push_str(&format!("; launches failing ({failures} in a row): {err}"));
-                Some(err.clone())
-            }
+        let launches_failing = match &ep.last_error {
+            Some((err, _)) if failures > 0 => Some((failures, err.as_str())),
             _ => None,
         };
+        // No countdown in it: clients print the status when it changes.
+        let status = waiting_status(&WaitingFacts {
+            endpoint: &ep.stored.name,
+            state: ep.policy.state,
+            counts: &ep.state_counts,
+            max_workers: ep.policy.max_workers,
+            launches_failing,
+        });
+        let reason = launches_failing
+            .filter(|_| ep.policy.state != EndpointState::Stopped)
+            .map(|(_, err)| err.to_owned());
         RouteReply::Waiting {
             endpoint_id: ep.stored.id,
             endpoint: ep.stored.name.clone(),
@@ -2979,5 +2987,97 @@ mod tests {
             }
         )));
         reg.check_invariants();
+    }
+
+    /// Through the HTTP API of an in-process engine: a WAITING answer says
+    /// when `max_workers` is reached, and when the only worker reports but
+    /// its consumer is not healthy yet.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_answers_say_max_workers_is_reached_and_the_consumer_is_not_healthy() {
+        use crate::testing::{call, engine, wait_for, wait_real, FakeLauncher};
+        use axum::http::StatusCode;
+        use serde_json::json;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (handle, fake) = engine(dir.path(), |_| {}).await;
+        let core = handle.core().clone();
+        let (status, body) = call(
+            &core,
+            "POST",
+            "/api/v0/endptjobs/",
+            json!({"endpoint_name": "capped", "cold_workers": 0, "max_workers": 1,
+                   "target_util": 1.0, "max_queue_time": 1.0, "target_queue_time": 0.5}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let id = body["result"].as_i64().unwrap();
+        let api_key = core.registry().stored(id).unwrap().api_key.clone();
+        let route = json!({"endpoint": "capped", "api_key": api_key, "cost": 100});
+        let (_, first) = call(&core, "POST", "/route/", route.clone()).await;
+        // A worker on its way: nothing to explain.
+        assert!(
+            first["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("waiting: 0 ready, ")),
+            "{first}"
+        );
+        let (wid, mtoken) = wait_for(|| fake.launches().first().cloned()).await;
+        let url = FakeLauncher::url(wid);
+
+        // Reporting, not loaded: its consumer's health check has not passed.
+        let report = |loaded: bool, load: f64| {
+            json!({"id": wid, "mtoken": mtoken, "version": "1.1.0", "url": url,
+                   "loadtime": if loaded { 0.1 } else { 0.0 },
+                   "max_perf": if loaded { 100.0 } else { 0.0 }, "cur_load": load})
+        };
+        let (status, body) = call(&core, "POST", "/worker_status/", report(false, 0.0)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let mut poll = route.clone();
+        poll["request_idx"] = first["request_idx"].clone();
+        let (_, waiting) = call(&core, "POST", "/route/", poll.clone()).await;
+        let text = waiting["status"].as_str().unwrap_or_default();
+        assert!(
+            text.starts_with("waiting: consumer not healthy yet (1 worker")
+                && text.contains("see `nullworker endpoint logs capped --consumer`"),
+            "{waiting}"
+        );
+        assert_eq!(
+            waiting.get("reason"),
+            None,
+            "only failing launches set it: {waiting}"
+        );
+
+        // Loaded: the first request takes the worker and holds it.
+        let (status, body) = call(&core, "POST", "/worker_status/", report(true, 0.0)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        wait_real("the worker routable", || {
+            core.registry().is_routable(id, wid)
+        })
+        .await;
+        let (_, ready) = call(&core, "POST", "/route/", poll).await;
+        assert_eq!(ready["url"], json!(url), "{ready}");
+        let (status, body) = call(&core, "POST", "/worker_status/", report(true, 100.0)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+
+        // A second request: the only slot is busy and no worker may start.
+        let (_, second) = call(&core, "POST", "/route/", route.clone()).await;
+        assert_eq!(
+            second["status"],
+            "waiting: max_workers reached (1 of 1 busy); 1 ready, 0 loading, 0 stopped, 0 error",
+            "{second}"
+        );
+        // Still so after the scaler has had its passes: nothing was launched.
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        let mut again = route;
+        again["request_idx"] = second["request_idx"].clone();
+        let (_, second) = call(&core, "POST", "/route/", again).await;
+        assert!(
+            second["status"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("waiting: max_workers reached (1 of 1 busy)")),
+            "{second}"
+        );
+        assert_eq!(fake.launches().len(), 1);
+        handle.shutdown().await;
     }
 }

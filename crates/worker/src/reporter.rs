@@ -10,10 +10,16 @@
 //! is not sent again: a refused report's per-interval totals and a refused
 //! delete batch are dropped with a warning, so one bad body cannot wedge the
 //! reports (and get the worker declared stale).
+//!
+//! `backon` runs both retry loops (report delivery and the key fetch), as it
+//! does the SDK's: the schedules are the protocol's constant lists, and
+//! tokio's sleep drives them, so tests pin them on a paused clock.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::{ConstantBuilder, Retryable as _};
 use nullworker_protocol::{self as protocol, paths, DeleteRequests, VerifyingKey, WorkerStatus};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,6 +100,17 @@ fn refuses_the_body(status: u16) -> bool {
     (400..500).contains(&status) && !protocol::is_retryable_status(status)
 }
 
+/// How one POST of a body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// 2xx.
+    Delivered,
+    /// A 4xx that retrying cannot fix (see [`refuses_the_body`]).
+    Refused(u16),
+    /// Transport error, timeout, 408, 429 or 5xx: worth another attempt.
+    Failed,
+}
+
 /// POSTs `body` to `path` on each address in order with `policy`, until one
 /// answers 2xx. An address that refuses the body (see [`refuses_the_body`])
 /// is not tried again; the next one is.
@@ -105,37 +122,89 @@ async fn deliver(
     policy: Policy,
     cancel: &CancellationToken,
 ) -> Delivery {
-    let mut refused = None;
-    for addr in addrs {
+    deliver_with(addrs, policy, cancel, |addr, attempt| {
         let url = protocol::join_engine_path(addr, path);
-        let client = clients.for_url(&url);
-        for attempt in 1..=policy.attempts {
-            let outcome = client
-                .post(&url)
-                .timeout(policy.timeout)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .body(body.to_vec())
-                .send()
-                .await;
-            match outcome {
-                Ok(resp) if resp.status().is_success() => return Delivery::Delivered,
+        let request = clients
+            .for_url(&url)
+            .post(&url)
+            .timeout(policy.timeout)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body.to_vec());
+        async move {
+            match request.send().await {
+                Ok(resp) if resp.status().is_success() => Attempt::Delivered,
                 Ok(resp) if refuses_the_body(resp.status().as_u16()) => {
                     let status = resp.status().as_u16();
                     let answer = resp.text().await.unwrap_or_default();
                     let answer: String = answer.chars().take(200).collect();
                     tracing::warn!(%url, status, %answer, "engine refused the body; not retrying it");
-                    refused = Some(status);
-                    break;
+                    Attempt::Refused(status)
                 }
                 Ok(resp) => {
                     tracing::warn!(%url, attempt, status = resp.status().as_u16(), "engine did not take a report");
+                    Attempt::Failed
                 }
-                Err(err) => tracing::warn!(%url, attempt, error = %err, "report delivery failed"),
+                Err(err) => {
+                    tracing::warn!(%url, attempt, error = %err, "report delivery failed");
+                    Attempt::Failed
+                }
             }
-            if !policy.retry_sleep.is_zero() {
-                tokio::select! {
-                    () = cancel.cancelled() => return Delivery::Failed,
-                    () = tokio::time::sleep(policy.retry_sleep) => {}
+        }
+    })
+    .await
+}
+
+/// The delivery policy of §10.2 around `post` (one attempt at an address;
+/// the attempt number counts from 1): for each address in order, up to
+/// `policy.attempts` attempts with `policy.retry_sleep` after every failed
+/// one, the last included (the reference sleeps after its third failure
+/// too, so `backon` retries and the trailing sleep follows it). A refused
+/// body moves on to the next address at once. Cancelling `cancel` ends the
+/// delivery as failed, in an attempt or a sleep.
+async fn deliver_with<F, Fut>(
+    addrs: &[String],
+    policy: Policy,
+    cancel: &CancellationToken,
+    mut post: F,
+) -> Delivery
+where
+    F: FnMut(&str, u32) -> Fut,
+    Fut: Future<Output = Attempt>,
+{
+    let retries = usize::try_from(policy.attempts.saturating_sub(1)).unwrap_or(usize::MAX);
+    let schedule = ConstantBuilder::new()
+        .with_delay(policy.retry_sleep)
+        .with_max_times(retries);
+    let mut refused = None;
+    for addr in addrs {
+        let mut attempt = 0;
+        let post = &mut post;
+        let tries = (move || {
+            attempt += 1;
+            let sent = post(addr, attempt);
+            async move {
+                match sent.await {
+                    Attempt::Delivered => Ok(()),
+                    other => Err(other),
+                }
+            }
+        })
+        .retry(schedule)
+        .when(|failure| *failure == Attempt::Failed);
+        let outcome = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Delivery::Failed,
+            outcome = tries => outcome,
+        };
+        match outcome {
+            Ok(()) => return Delivery::Delivered,
+            Err(Attempt::Refused(status)) => refused = Some(status),
+            Err(_) => {
+                if !policy.retry_sleep.is_zero() {
+                    tokio::select! {
+                        () = cancel.cancelled() => return Delivery::Failed,
+                        () = tokio::time::sleep(policy.retry_sleep) => {}
+                    }
                 }
             }
         }
@@ -347,30 +416,61 @@ pub async fn final_report(app: &App) {
 /// sleeping 1, 2, 4, 8 s between rounds. Records an error on failure unless
 /// `UNSECURED` (Q7 hardened).
 pub async fn fetch_pubkey(app: Arc<App>) {
-    for round in 0..=PUBKEY_BACKOFF.len() {
-        for addr in &app.config.report_addrs {
+    let addrs = &app.config.report_addrs;
+    let http = &app.http;
+    let fetched = fetch_in_rounds(&app.shutdown, |round| async move {
+        for addr in addrs {
             let url = protocol::join_engine_path(addr, paths::PUBKEY);
-            match fetch_key_once(app.http.for_url(&url), &url).await {
-                Ok(key) => {
-                    app.key_loaded(key);
-                    return;
-                }
+            match fetch_key_once(http.for_url(&url), &url).await {
+                Ok(key) => return Some(key),
                 Err(reason) => {
-                    tracing::warn!(%url, attempt = round + 1, %reason, "public key fetch failed")
+                    tracing::warn!(%url, attempt = round, %reason, "public key fetch failed")
                 }
             }
         }
-        if let Some(secs) = PUBKEY_BACKOFF.get(round) {
-            tokio::select! {
-                () = app.shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(*secs)) => {}
-            }
+        None
+    })
+    .await;
+    match fetched {
+        KeyFetch::Loaded(key) => app.key_loaded(key),
+        KeyFetch::Cancelled => {}
+        KeyFetch::GaveUp if app.config.unsecured => {
+            tracing::warn!("{PUBKEY_ERROR} (ignored: UNSECURED is set)");
         }
+        KeyFetch::GaveUp => app.record_error(PUBKEY_ERROR),
     }
-    if app.config.unsecured {
-        tracing::warn!("{PUBKEY_ERROR} (ignored: UNSECURED is set)");
-    } else {
-        app.record_error(PUBKEY_ERROR);
+}
+
+/// How the key fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyFetch<K> {
+    /// A round produced the key.
+    Loaded(K),
+    /// Every round failed.
+    GaveUp,
+    /// Shutdown came first.
+    Cancelled,
+}
+
+/// Runs `round` (numbered from 1) until it yields a key: at most
+/// `PUBKEY_BACKOFF.len() + 1` rounds, sleeping the [`PUBKEY_BACKOFF`] delays
+/// between them and not after the last.
+async fn fetch_in_rounds<K, F, Fut>(cancel: &CancellationToken, mut round: F) -> KeyFetch<K>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Option<K>>,
+{
+    let mut n = 0;
+    let rounds = (move || {
+        n += 1;
+        let fetched = round(n);
+        async move { fetched.await.ok_or(()) }
+    })
+    .retry(PUBKEY_BACKOFF.map(Duration::from_secs).into_iter());
+    tokio::select! {
+        biased;
+        () = cancel.cancelled() => KeyFetch::Cancelled,
+        fetched = rounds => fetched.map_or(KeyFetch::GaveUp, KeyFetch::Loaded),
     }
 }
 
@@ -452,6 +552,177 @@ mod tests {
         for status in [200, 204, 301, 408, 429, 500, 502, 503] {
             assert!(!refuses_the_body(status), "{status}");
         }
+    }
+
+    /// Seconds since `start` on the (paused) clock.
+    fn at(start: Instant) -> f64 {
+        start.elapsed().as_secs_f64()
+    }
+
+    fn addrs(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// Delivers with `outcome(addr, attempt)` for every POST; returns the
+    /// delivery, each attempt as (addr, attempt, seconds from the start)
+    /// and when the delivery ended.
+    async fn run_delivery(
+        names: &[&str],
+        policy: Policy,
+        cancel: &CancellationToken,
+        outcome: impl Fn(&str, u32) -> Attempt,
+    ) -> (Delivery, Vec<(String, u32, f64)>, f64) {
+        let start = Instant::now();
+        let mut calls = Vec::new();
+        let delivery = deliver_with(&addrs(names), policy, cancel, |addr, attempt| {
+            calls.push((addr.to_owned(), attempt, at(start)));
+            std::future::ready(outcome(addr, attempt))
+        })
+        .await;
+        (delivery, calls, at(start))
+    }
+
+    fn call(addr: &str, attempt: u32, secs: f64) -> (String, u32, f64) {
+        (addr.to_owned(), attempt, secs)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivery_tries_each_address_three_times_sleeping_2_s_after_every_failure() {
+        let never = CancellationToken::new();
+        let (delivery, calls, ended) =
+            run_delivery(&["a", "b"], NORMAL, &never, |_, _| Attempt::Failed).await;
+        assert_eq!(delivery, Delivery::Failed);
+        assert_eq!(
+            calls,
+            [
+                call("a", 1, 0.0),
+                call("a", 2, 2.0),
+                call("a", 3, 4.0),
+                // The sleep after the third failure comes before the next address...
+                call("b", 1, 6.0),
+                call("b", 2, 8.0),
+                call("b", 3, 10.0),
+            ]
+        );
+        // ...and after the last address's third failure too.
+        assert_eq!(ended, 12.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivery_ends_at_the_first_success_without_sleeping() {
+        let never = CancellationToken::new();
+        let (delivery, calls, ended) = run_delivery(&["a", "b"], NORMAL, &never, |_, n| {
+            if n == 2 {
+                Attempt::Delivered
+            } else {
+                Attempt::Failed
+            }
+        })
+        .await;
+        assert_eq!(delivery, Delivery::Delivered);
+        assert_eq!(calls, [call("a", 1, 0.0), call("a", 2, 2.0)]);
+        assert_eq!(ended, 2.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_body_moves_to_the_next_address_at_once() {
+        let never = CancellationToken::new();
+        let (delivery, calls, ended) = run_delivery(&["a", "b"], NORMAL, &never, |addr, _| {
+            if addr == "a" {
+                Attempt::Refused(422)
+            } else {
+                Attempt::Failed
+            }
+        })
+        .await;
+        // Remembered: no address took it and one refused it.
+        assert_eq!(delivery, Delivery::Refused(422));
+        assert_eq!(
+            calls,
+            [
+                call("a", 1, 0.0),
+                call("b", 1, 0.0),
+                call("b", 2, 2.0),
+                call("b", 3, 4.0)
+            ]
+        );
+        assert_eq!(ended, 6.0);
+        let (delivery, calls, _) =
+            run_delivery(&["a", "b"], NORMAL, &never, |_, _| Attempt::Refused(400)).await;
+        assert_eq!(delivery, Delivery::Refused(400));
+        assert_eq!(calls, [call("a", 1, 0.0), call("b", 1, 0.0)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_last_report_tries_each_address_once_without_sleeping() {
+        let never = CancellationToken::new();
+        let (delivery, calls, ended) =
+            run_delivery(&["a", "b"], FINAL, &never, |_, _| Attempt::Failed).await;
+        assert_eq!(delivery, Delivery::Failed);
+        assert_eq!(calls, [call("a", 1, 0.0), call("b", 1, 0.0)]);
+        assert_eq!(ended, 0.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_a_delivery_in_its_sleep() {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            trigger.cancel();
+        });
+        let (delivery, calls, ended) =
+            run_delivery(&["a", "b"], NORMAL, &cancel, |_, _| Attempt::Failed).await;
+        assert_eq!(delivery, Delivery::Failed);
+        // In the trailing sleep after a's third attempt: b is never tried.
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert_eq!(ended, 5.0);
+    }
+
+    /// Runs the key fetch with `key(round)` as every round's outcome;
+    /// returns how it ended and when (seconds from the start) each round ran.
+    async fn run_key_fetch(
+        cancel: &CancellationToken,
+        key: impl Fn(u32) -> Option<&'static str>,
+    ) -> (KeyFetch<&'static str>, Vec<f64>, f64) {
+        let start = Instant::now();
+        let mut rounds = Vec::new();
+        let fetched = fetch_in_rounds(cancel, |n| {
+            rounds.push(at(start));
+            assert_eq!(n as usize, rounds.len(), "rounds count from 1");
+            std::future::ready(key(n))
+        })
+        .await;
+        (fetched, rounds, at(start))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_key_fetch_sleeps_1_2_4_8_s_between_five_rounds() {
+        let never = CancellationToken::new();
+        let (fetched, rounds, ended) = run_key_fetch(&never, |_| None).await;
+        assert_eq!(fetched, KeyFetch::GaveUp);
+        assert_eq!(rounds, [0.0, 1.0, 3.0, 7.0, 15.0]);
+        // No sleep after the last round.
+        assert_eq!(ended, 15.0);
+
+        let (fetched, rounds, ended) = run_key_fetch(&never, |n| (n == 3).then_some("key")).await;
+        assert_eq!(fetched, KeyFetch::Loaded("key"));
+        assert_eq!(rounds, [0.0, 1.0, 3.0]);
+        assert_eq!(ended, 3.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_ends_the_key_fetch_without_an_outcome() {
+        let cancel = CancellationToken::new();
+        let trigger = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            trigger.cancel();
+        });
+        let (fetched, rounds, ended) = run_key_fetch(&cancel, |_| None).await;
+        assert_eq!(fetched, KeyFetch::Cancelled);
+        assert_eq!(rounds, [0.0, 1.0]);
+        assert_eq!(ended, 2.0);
     }
 
     #[test]

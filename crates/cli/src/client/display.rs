@@ -365,9 +365,12 @@ fn live_line(number: u32, row: &Row, now: f64, plan: &Plan, width: usize) -> Str
             )
         }
         RowState::Routing { since } => format!("{label}routing      {:.0} s{note}", now - since),
+        // The engine's status repeats "waiting: " and puts its reason
+        // first: without the repeat a narrow row still shows the reason.
         RowState::Waiting { since, status } => format!(
-            "{label}waiting      {:.0} s{note} for a worker: {status}",
-            now - since
+            "{label}waiting      {:.0} s{note}  {}",
+            now - since,
+            status.strip_prefix("waiting: ").unwrap_or(status)
         ),
         RowState::Held {
             since,
@@ -662,7 +665,7 @@ mod tests {
             Event::Waiting {
                 t: 1.5,
                 session: 2,
-                status: "waiting: 0 ready, 1 loading, 0 stopped, 0 error; launches failing (3 in a row): worker exited with status 1; see nullworker endpoint logs".into(),
+                status: "waiting: launches failing (3 in a row): worker exited with status 1; see `nullworker endpoint logs an-endpoint-with-a-rather-long-name`; 0 ready, 1 loading, 0 stopped, 0 error".into(),
             },
             Event::Ended {
                 t: 2.0,
@@ -717,7 +720,11 @@ mod tests {
                 "{held}"
             );
             let waiting = frame.iter().find(|l| l.starts_with("session  2")).unwrap();
-            assert!(waiting.contains("waiting"), "{waiting}");
+            // Even on a narrow terminal, why it waits.
+            assert!(
+                waiting.contains("waiting") && waiting.contains("launches failing"),
+                "{waiting}"
+            );
             let replacing = frame.iter().find(|l| l.starts_with("session  3")).unwrap();
             assert!(
                 replacing.contains("routing") && replacing.contains("replacing 1 lost worker"),
@@ -725,7 +732,7 @@ mod tests {
             );
             if width == 200 {
                 assert!(held.contains("https://ssh7.vast.ai-instance-1234567.example.com:41234  (Ab3xyzSessionId)"), "{held}");
-                assert!(waiting.contains("launches failing"), "{waiting}");
+                assert!(waiting.contains("endpoint logs"), "{waiting}");
                 assert!(
                     replacing.contains("worker gone from the endpoint"),
                     "{replacing}"

@@ -552,3 +552,41 @@ fn a_worker_that_stops_answering_is_lost_within_three_check_intervals() {
     assert_eq!(code, 1, "--no-replace: the loss fails the run: {all:#?}");
     assert!(events(&all, "replacing").is_empty(), "{all:#?}");
 }
+
+#[test]
+fn a_client_waiting_behind_max_workers_is_told_why() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("client-capped", json!({ "max_workers": 1 }));
+    let (mut holder, held, _) = held_session(&engine, &ep, &["--hold", "120"]);
+    wait_for(
+        "the engine to see the session",
+        Duration::from_secs(15),
+        || (load(&engine, &ep) >= 100.0).then_some(()),
+    );
+    let mut waiter =
+        RunningClient::spawn(client(&engine, &ep, &["--hold", "1", "--timeout", "60"]));
+    let waiting = waiter.wait_event(
+        "a waiting line naming max_workers",
+        Duration::from_secs(30),
+        |v| {
+            v["event"] == "waiting"
+                && v["status"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("max_workers reached (1 of 1 busy)"))
+        },
+    );
+    eprintln!("while the only worker is held: {waiting}");
+    assert!(
+        events(&waiter.seen, "held").is_empty(),
+        "the waiting client got a worker: {:?}",
+        waiter.seen
+    );
+    assert_eq!(engine.workers(&ep).len(), 1, "max_workers 1");
+    waiter.child.signal(libc::SIGINT);
+    let (code, all) = waiter.finish(Duration::from_secs(30));
+    assert_eq!(code, 130, "{all:#?}");
+    holder.child.signal(libc::SIGINT);
+    let (code, all) = holder.finish(Duration::from_secs(30));
+    assert_eq!(code, 130, "{all:#?}");
+    assert_eq!(events(&all, "held")[0]["session_id"], held["session_id"]);
+}

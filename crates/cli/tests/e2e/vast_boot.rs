@@ -18,12 +18,6 @@
 //! `target/wheels/`. Without one, or without Python, git or the `vastai` SDK,
 //! these tests fail with the command to run: they are never skipped.
 
-// The interop tests' script runner (deadlines, one JSON result line), shared
-// rather than copied; only part of it is used here.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "interop/python.rs"]
-mod sdk_python;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -32,7 +26,8 @@ use serde_json::{json, Value};
 
 use crate::common::engine::{EngineGuard, ACCOUNT_KEY};
 use crate::common::process::{read_by_nullworker, wait_for, ChildGuard};
-use sdk_python::{repo_root, tail, Python};
+// The interop tests' script runner (deadlines, one JSON result line).
+use crate::interop::python::{self as sdk_python, repo_root, tail, Python};
 
 /// Cargo's version: the wheel's and the binary's.
 const VERSION: &str = env!("CARGO_PKG_VERSION");

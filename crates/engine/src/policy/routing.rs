@@ -7,6 +7,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::{self, Write as _};
 use std::ops::Bound;
 
 use super::{EndpointPolicy, EndpointState, WorkerState};
@@ -268,28 +269,112 @@ impl RouteIndex {
 /// Workers of an endpoint per state, indexed by [`WorkerState::index`].
 pub type StateCounts = [usize; WorkerState::ALL.len()];
 
-/// The `status` text of a WAITING answer: `"endpoint stopped"`, or a count of
-/// workers by kind, e.g. `"waiting: 0 ready, 1 loading, 0 stopped, 0 error"`.
-pub fn waiting_status(
-    state: EndpointState,
-    workers: impl IntoIterator<Item = WorkerState>,
-) -> String {
-    let mut counts: StateCounts = [0; WorkerState::ALL.len()];
-    for worker in workers {
-        counts[worker.index()] += 1;
-    }
-    waiting_status_from_counts(state, &counts)
+/// What the `status` of a WAITING answer is made from: the registry's
+/// per-state worker counts and a few facts of the endpoint, all kept up to
+/// date by the caller so that a WAITING answer costs O(1) however many
+/// workers the endpoint has.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WaitingFacts<'a> {
+    /// Endpoint name, for the `nullworker endpoint logs` pointer.
+    pub endpoint: &'a str,
+    /// The endpoint's state.
+    pub state: EndpointState,
+    /// Workers per state.
+    pub counts: &'a StateCounts,
+    /// The endpoint's `max_workers`.
+    pub max_workers: u32,
+    /// Launches that failed in a row before a worker became ready, and the
+    /// last one's error (`None`: launches are not failing).
+    pub launches_failing: Option<(u32, &'a str)>,
 }
 
-/// [`waiting_status`] from per-state counts kept by the caller, so that a
-/// WAITING answer costs O(1) however many workers the endpoint has.
-pub fn waiting_status_from_counts(state: EndpointState, counts: &StateCounts) -> String {
-    if state == EndpointState::Stopped {
+/// Why a request waits, beyond the worker counts (docs/client.md lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitReason<'a> {
+    /// Launches keep failing before a worker becomes ready.
+    LaunchesFailing {
+        /// Failed launches in a row.
+        in_a_row: u32,
+        /// The last launch's error.
+        error: &'a str,
+    },
+    /// Every worker `max_workers` allows is up and busy, so no new one may
+    /// start until one is free.
+    MaxWorkersReached {
+        /// `IDLE` workers, none of which can take the request.
+        busy: usize,
+        /// The endpoint's `max_workers`.
+        max_workers: u32,
+    },
+    /// Workers run and report, but are not loaded: their consumer's health
+    /// check has not passed yet (`MODEL_LOADING`).
+    ConsumerNotHealthy {
+        /// Workers in `MODEL_LOADING`.
+        workers: usize,
+    },
+}
+
+impl fmt::Display for WaitReason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            WaitReason::LaunchesFailing { in_a_row, error } => {
+                write!(f, "launches failing ({in_a_row} in a row): {error}")
+            }
+            WaitReason::MaxWorkersReached { busy, max_workers } => {
+                write!(f, "max_workers reached ({busy} of {max_workers} busy)")
+            }
+            WaitReason::ConsumerNotHealthy { workers } => {
+                let noun = if workers == 1 { "worker" } else { "workers" };
+                write!(
+                    f,
+                    "consumer not healthy yet ({workers} {noun} waiting for its health check)"
+                )
+            }
+        }
+    }
+}
+
+/// Why a request of an endpoint with `facts` waits, most telling first:
+/// failing launches, then `max_workers` reached (every slot `IDLE` and no
+/// worker could take the request, so none may start), then workers whose
+/// consumer is not healthy yet. Empty for a stopped endpoint (which says
+/// so) or when workers are merely on their way.
+pub fn waiting_reasons<'a>(facts: &WaitingFacts<'a>) -> Vec<WaitReason<'a>> {
+    let mut reasons = Vec::new();
+    if facts.state == EndpointState::Stopped {
+        return reasons;
+    }
+    if let Some((in_a_row, error)) = facts.launches_failing {
+        if in_a_row > 0 {
+            reasons.push(WaitReason::LaunchesFailing { in_a_row, error });
+        }
+    }
+    let busy = facts.counts[WorkerState::Idle.index()];
+    if busy > 0 && busy >= facts.max_workers as usize {
+        reasons.push(WaitReason::MaxWorkersReached {
+            busy,
+            max_workers: facts.max_workers,
+        });
+    }
+    let unhealthy = facts.counts[WorkerState::ModelLoading.index()];
+    if unhealthy > 0 {
+        reasons.push(WaitReason::ConsumerNotHealthy { workers: unhealthy });
+    }
+    reasons
+}
+
+/// The `status` text of a WAITING answer: `"endpoint stopped"`, or the
+/// [`waiting_reasons`] (first, so a narrow display still shows them), a
+/// pointer to the logs that explain them, and a count of workers by kind,
+/// e.g. `"waiting: max_workers reached (1 of 1 busy); 1 ready, 0 loading,
+/// 0 stopped, 0 error"`.
+pub fn waiting_status(facts: &WaitingFacts<'_>) -> String {
+    if facts.state == EndpointState::Stopped {
         return "endpoint stopped".to_owned();
     }
     let (mut ready, mut loading, mut stopped, mut error) = (0usize, 0usize, 0usize, 0usize);
     for worker in WorkerState::ALL {
-        let n = counts[worker.index()];
+        let n = facts.counts[worker.index()];
         match worker {
             WorkerState::Idle => ready += n,
             WorkerState::Creating
@@ -300,12 +385,36 @@ pub fn waiting_status_from_counts(state: EndpointState, counts: &StateCounts) ->
             WorkerState::Error | WorkerState::Destroying => error += n,
         }
     }
-    let prefix = if state == EndpointState::Suspended {
-        "waiting (endpoint suspended)"
+    let mut status = if facts.state == EndpointState::Suspended {
+        "waiting (endpoint suspended): ".to_owned()
     } else {
-        "waiting"
+        "waiting: ".to_owned()
     };
-    format!("{prefix}: {ready} ready, {loading} loading, {stopped} stopped, {error} error")
+    let reasons = waiting_reasons(facts);
+    for reason in &reasons {
+        let _ = write!(status, "{reason}; ");
+    }
+    let launches = reasons
+        .iter()
+        .any(|r| matches!(r, WaitReason::LaunchesFailing { .. }));
+    let consumer = reasons
+        .iter()
+        .any(|r| matches!(r, WaitReason::ConsumerNotHealthy { .. }));
+    if launches || consumer {
+        // The worker's log says why a launch failed; the consumer's, why
+        // it is not healthy.
+        let which = if launches { "" } else { " --consumer" };
+        let _ = write!(
+            status,
+            "see `nullworker endpoint logs {}{which}`; ",
+            facts.endpoint
+        );
+    }
+    let _ = write!(
+        status,
+        "{ready} ready, {loading} loading, {stopped} stopped, {error} error"
+    );
+    status
 }
 
 #[cfg(test)]
@@ -420,27 +529,86 @@ mod tests {
         assert_eq!(choose_worker(&[nan_perf], 100.0, &policy), None);
     }
 
+    /// Per-state counts from `(state, how many)` pairs.
+    fn counts(of: &[(WorkerState, usize)]) -> StateCounts {
+        let mut counts: StateCounts = [0; WorkerState::ALL.len()];
+        for &(state, n) in of {
+            counts[state.index()] += n;
+        }
+        counts
+    }
+
     #[test]
-    fn waiting_status_summarises_workers() {
-        let states = [
-            WorkerState::Idle,
-            WorkerState::Creating,
-            WorkerState::ModelLoading,
-            WorkerState::Stopped,
-            WorkerState::Error,
+    fn waiting_status_says_why_a_request_waits() {
+        use EndpointState::{Active, Stopped, Suspended};
+        use WorkerState::{
+            Creating, Error, Idle, Loading, ModelLoading, Starting, Stopped as Cold,
+        };
+        const DISK: Option<(u32, &str)> = Some((3, "no space left on device"));
+        #[rustfmt::skip]
+        // Endpoint state, workers, max_workers, failing launches, status.
+        type Row = (EndpointState, &'static [(WorkerState, usize)], u32, Option<(u32, &'static str)>, &'static str);
+        let table: &[Row] = &[
+            // Workers merely on their way: the counts say it all.
+            (Active, &[], 1, None,
+             "waiting: 0 ready, 0 loading, 0 stopped, 0 error"),
+            (Active, &[(Creating, 1), (Loading, 1), (Starting, 1)], 5, None,
+             "waiting: 0 ready, 3 loading, 0 stopped, 0 error"),
+            (Active, &[(Idle, 1), (Creating, 1), (Cold, 1), (Error, 1)], 5, None,
+             "waiting: 1 ready, 1 loading, 1 stopped, 1 error"),
+            // Every slot busy: no worker may start.
+            (Active, &[(Idle, 1)], 1, None,
+             "waiting: max_workers reached (1 of 1 busy); 1 ready, 0 loading, 0 stopped, 0 error"),
+            (Active, &[(Idle, 3)], 3, None,
+             "waiting: max_workers reached (3 of 3 busy); 3 ready, 0 loading, 0 stopped, 0 error"),
+            // max_workers lowered below the workers that exist.
+            (Active, &[(Idle, 3)], 2, None,
+             "waiting: max_workers reached (3 of 2 busy); 3 ready, 0 loading, 0 stopped, 0 error"),
+            // A free slot, or a cold worker to restart: not the limit.
+            (Active, &[(Idle, 1)], 2, None,
+             "waiting: 1 ready, 0 loading, 0 stopped, 0 error"),
+            (Active, &[(Idle, 1), (Cold, 1)], 2, None,
+             "waiting: 1 ready, 0 loading, 1 stopped, 0 error"),
+            // Reporting but not loaded: the consumer's health check.
+            (Active, &[(ModelLoading, 1)], 1, None,
+             "waiting: consumer not healthy yet (1 worker waiting for its health check); \
+              see `nullworker endpoint logs ep --consumer`; 0 ready, 1 loading, 0 stopped, 0 error"),
+            (Active, &[(Idle, 1), (ModelLoading, 2)], 3, None,
+             "waiting: consumer not healthy yet (2 workers waiting for its health check); \
+              see `nullworker endpoint logs ep --consumer`; 1 ready, 2 loading, 0 stopped, 0 error"),
+            // Failing launches point at the worker's log.
+            (Active, &[(Error, 1)], 1, DISK,
+             "waiting: launches failing (3 in a row): no space left on device; \
+              see `nullworker endpoint logs ep`; 0 ready, 0 loading, 0 stopped, 1 error"),
+            (Active, &[(ModelLoading, 1)], 2, DISK,
+             "waiting: launches failing (3 in a row): no space left on device; \
+              consumer not healthy yet (1 worker waiting for its health check); \
+              see `nullworker endpoint logs ep`; 0 ready, 1 loading, 0 stopped, 0 error"),
+            (Active, &[], 1, Some((0, "stale")),
+             "waiting: 0 ready, 0 loading, 0 stopped, 0 error"),
+            // Suspended: no new worker, whatever the reason.
+            (Suspended, &[], 1, None,
+             "waiting (endpoint suspended): 0 ready, 0 loading, 0 stopped, 0 error"),
+            (Suspended, &[(Idle, 1)], 1, None,
+             "waiting (endpoint suspended): max_workers reached (1 of 1 busy); 1 ready, 0 loading, 0 stopped, 0 error"),
+            // Stopped says only that.
+            (Stopped, &[(Idle, 1), (ModelLoading, 1)], 1, DISK, "endpoint stopped"),
         ];
-        assert_eq!(
-            waiting_status(EndpointState::Active, states),
-            "waiting: 1 ready, 2 loading, 1 stopped, 1 error"
-        );
-        assert_eq!(
-            waiting_status(EndpointState::Suspended, []),
-            "waiting (endpoint suspended): 0 ready, 0 loading, 0 stopped, 0 error"
-        );
-        assert_eq!(
-            waiting_status(EndpointState::Stopped, states),
-            "endpoint stopped"
-        );
+        for &(state, of, max_workers, launches_failing, want) in table {
+            let counts = counts(of);
+            let facts = WaitingFacts {
+                endpoint: "ep",
+                state,
+                counts: &counts,
+                max_workers,
+                launches_failing,
+            };
+            assert_eq!(
+                waiting_status(&facts),
+                want,
+                "{state:?} {of:?} max {max_workers}"
+            );
+        }
         for (i, state) in WorkerState::ALL.into_iter().enumerate() {
             assert_eq!(state.index(), i, "{state}");
         }

@@ -19,7 +19,8 @@
 //! test here is skipped with a loud note when no interpreter imports `vastai`
 //! 1.9.1, and fails instead when `NULLWORKER_REQUIRE_INTEROP=1`.
 
-mod python;
+/// Shared with the Vast boot simulation (`vast_boot`).
+pub(crate) mod python;
 mod workers;
 
 use std::time::Duration;
