@@ -20,6 +20,9 @@ pub const STARTUP_WAIT: Duration = Duration::from_secs(300);
 
 /// First delay between startup checks; it doubles up to the interval.
 const STARTUP_FIRST_RETRY: Duration = Duration::from_millis(25);
+/// How often a consumer that is not healthy yet is logged at info level
+/// while its message stays the same.
+const STARTUP_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// How long to wait before the next check: the interval once the consumer
 /// has been healthy; before that, 25 ms doubling with each failed check
@@ -44,6 +47,17 @@ pub async fn check_once(client: &reqwest::Client, url: &url::Url) -> Result<(), 
     }
 }
 
+/// Whether a failed startup check is logged at info level: when its message
+/// differs from the previous one (the first included), else once every
+/// [`STARTUP_LOG_EVERY`].
+fn startup_log_due(
+    changed: bool,
+    last_logged: Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+) -> bool {
+    changed || last_logged.is_none_or(|at| now.saturating_duration_since(at) >= STARTUP_LOG_EVERY)
+}
+
 /// Runs until shutdown.
 pub async fn health_loop(app: Arc<App>) {
     let url = match &app.config.health {
@@ -58,6 +72,7 @@ pub async fn health_loop(app: Arc<App>) {
     let mut startup_failed = false;
     let mut last_failure: Option<String> = None;
     let mut startup_failures = 0u32;
+    let mut last_startup_log: Option<tokio::time::Instant> = None;
     loop {
         let outcome = tokio::select! {
             () = app.shutdown.cancelled() => return,
@@ -67,6 +82,7 @@ pub async fn health_loop(app: Arc<App>) {
             Ok(()) => {
                 if !healthy_once {
                     healthy_once = true;
+                    last_failure = None;
                     tracing::info!(%url, "consumer health check passed");
                     app.health_succeeded_once();
                 } else if last_failure.take().is_some() {
@@ -82,7 +98,18 @@ pub async fn health_loop(app: Arc<App>) {
             }
             Err(message) => {
                 startup_failures = startup_failures.saturating_add(1);
-                tracing::debug!(%url, %message, "consumer not healthy yet");
+                // At info the first time, when the reason changes and every
+                // 30 s: the consumer not coming up is why the worker stays
+                // LOADING, and the log is where a user looks for it.
+                let now = tokio::time::Instant::now();
+                let changed = last_failure.as_deref() != Some(message.as_str());
+                if startup_log_due(changed, last_startup_log, now) {
+                    tracing::info!(%url, %message, waited_s = started.elapsed().as_secs(), "consumer not healthy yet");
+                    last_startup_log = Some(now);
+                } else {
+                    tracing::debug!(%url, %message, "consumer not healthy yet");
+                }
+                last_failure = Some(message);
                 if !startup_failed && started.elapsed() >= STARTUP_WAIT {
                     startup_failed = true;
                     app.record_error(&format!(
@@ -102,6 +129,29 @@ pub async fn health_loop(app: Arc<App>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unhealthy_consumer_is_logged_when_its_message_changes_and_every_30_s() {
+        let t0 = tokio::time::Instant::now();
+        let s = |secs: u64| t0 + Duration::from_secs(secs);
+        // (message changed, last info line, now, logged at info)
+        let cases = [
+            (true, None, s(0), true),
+            (false, None, s(0), true),
+            (false, Some(s(0)), s(1), false),
+            (false, Some(s(0)), s(29), false),
+            (false, Some(s(0)), s(30), true),
+            (true, Some(s(0)), s(1), true),
+            (false, Some(s(10)), s(5), false),
+        ];
+        for (changed, last, now, due) in cases {
+            assert_eq!(
+                startup_log_due(changed, last, now),
+                due,
+                "{changed} {last:?} {now:?}"
+            );
+        }
+    }
 
     #[test]
     fn startup_checks_back_off_to_the_interval() {
