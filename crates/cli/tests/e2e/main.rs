@@ -11,6 +11,7 @@ mod dispatch;
 mod engine;
 mod examples;
 mod interop;
+mod output;
 mod queue_cli;
 mod queue_flow;
 mod worker;
