@@ -117,6 +117,12 @@ impl DemoArgs {
     }
 }
 
+/// `n` and the noun, singular for 1: `1 job`, `3 jobs`.
+pub(crate) fn count_of(n: impl Into<u64>, singular: &str, plural: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// A directory removed when dropped.
 pub(crate) struct TempDir(pub(crate) PathBuf);
 
@@ -517,4 +523,21 @@ pub(crate) fn watch_interrupt(cancel: CancellationToken) -> CancellationToken {
         }
     });
     received
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_take_the_singular_for_one() {
+        for (n, expected) in [
+            (0_u32, "0 jobs"),
+            (1, "1 job"),
+            (2, "2 jobs"),
+            (20, "20 jobs"),
+        ] {
+            assert_eq!(count_of(n, "job", "jobs"), expected);
+        }
+    }
 }
