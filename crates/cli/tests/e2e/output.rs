@@ -314,3 +314,34 @@ fn completions_and_man_page_are_printed() {
     assert!(man.status.success());
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH nullworker 1"));
 }
+
+/// The documented `max_workers` limit is the one the engine enforces.
+#[test]
+fn the_documented_max_workers_limit_is_the_engines() {
+    let limit = nullworker_engine::policy::MAX_WORKERS_LIMIT;
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let policy = std::fs::read_to_string(docs.join("engine-policy.md")).unwrap();
+    let spaced = format!("{} {:03}", limit / 1000, limit % 1000);
+    assert!(
+        policy.contains(&format!(
+            "| `max_workers` | 20 | 20 | integer 1 … {spaced} |"
+        )),
+        "docs/engine-policy.md does not give max_workers 1 … {spaced}"
+    );
+    let engine_doc = std::fs::read_to_string(docs.join("engine.md")).unwrap();
+    assert!(
+        engine_doc.contains(&format!("`max_workers` 1..{limit}")),
+        "docs/engine.md does not give max_workers 1..{limit}"
+    );
+
+    let engine = EngineGuard::start();
+    let ok = engine.create_seed_endpoint("big", json!({"max_workers": limit}));
+    assert!(ok.id > 0);
+    let (status, body) = engine.api(
+        reqwest::Method::POST,
+        "/api/v0/endptjobs/",
+        Some(json!({"endpoint_name": "too-big", "max_workers": limit + 1})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("max_workers"), "{body}");
+}
