@@ -17,8 +17,6 @@ use nullworker_queue::{OpenMode, QueueUrl};
 
 use crate::queue::{open_queue, parse_queue_url, parse_seconds};
 
-/// Exit code of a bad setting (like a usage error).
-const EXIT_USAGE: u8 = 2;
 /// Set by the engine for each worker's consumer: its health port.
 pub const ENV_CONSUMER_PORT: &str = "NULL_CONSUMER_PORT";
 /// The worker's control port (`nullworker serve` reads it too).
@@ -51,26 +49,28 @@ pub struct ConsumeArgs {
 
     /// Seconds a claimed job stays invisible to others without a heartbeat
     /// (overrides the URL's visibility_timeout) [default: 30].
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub visibility_timeout: Option<Duration>,
 
     /// Deliveries before a failing job is dead-lettered (overrides the
     /// URL's max_attempts) [default: 5].
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub max_attempts: Option<u32>,
 
     /// Seconds before a failed job is visible again (overrides the URL's
     /// retry_delay) [default: 1].
-    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub retry_delay: Option<Duration>,
 
     /// Seconds a held session waits for a job before it is released
     /// (the work it was opened for went to another worker).
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub claim_timeout: Duration,
 
     /// Seconds a running job may still take after SIGTERM/SIGINT.
-    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECONDS", default_value = "30", value_parser = parse_seconds,
+          allow_negative_numbers = true)]
     pub grace: Duration,
 
     /// Address of the health endpoint, e.g. 127.0.0.1:18998
@@ -108,7 +108,9 @@ fn env_port(name: &str) -> Result<Option<u16>, String> {
 }
 
 /// The loop's settings from the flags and the environment.
-fn settings(args: ConsumeArgs) -> Result<(QueueUrl, ConsumeConfig, Option<SocketAddr>), String> {
+pub(crate) fn settings(
+    args: ConsumeArgs,
+) -> Result<(QueueUrl, ConsumeConfig, Option<SocketAddr>), String> {
     let mut url = args.queue;
     if let Some(vt) = args.visibility_timeout {
         url.options.visibility_timeout = vt;
@@ -202,7 +204,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("nullworker: error: {message}");
-            return Ok(ExitCode::from(EXIT_USAGE));
+            return Ok(ExitCode::from(crate::exit::USAGE));
         }
     };
     let stop = StopSignals::default();

@@ -41,8 +41,9 @@ pub(crate) const SCALE_TO_ZERO_LIMIT: Duration = Duration::from_secs(60);
 /// Options of `nullworker demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// Sessions to open.
-    #[arg(long, default_value_t = 3)]
+    /// Sessions to open (1 to 20).
+    #[arg(long, default_value_t = 3, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
     pub count: u32,
 
     /// Seconds between session starts.
@@ -65,11 +66,12 @@ pub struct DemoArgs {
     pub queue: bool,
 
     /// Jobs the queue demo pushes (1 to 20; with --queue).
-    #[arg(long, default_value_t = 8, requires = "queue")]
+    #[arg(long, default_value_t = 8, requires = "queue", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
     pub jobs: u32,
 }
 
-struct DemoConfig {
+pub(crate) struct DemoConfig {
     plan: Plan,
     release_after: Option<Duration>,
 }
@@ -85,7 +87,8 @@ pub(crate) fn seconds(flag: &str, value: f64, allow_zero: bool) -> anyhow::Resul
 }
 
 impl DemoArgs {
-    fn validate(&self) -> anyhow::Result<DemoConfig> {
+    /// Checks every value; the error names the flag and what was expected.
+    pub(crate) fn check(&self) -> anyhow::Result<DemoConfig> {
         anyhow::ensure!(
             (1..=20).contains(&self.count),
             "--count {} is invalid: expected 1 to 20",
@@ -113,6 +116,12 @@ impl DemoArgs {
             release_after: (!release_after.is_zero()).then_some(release_after),
         })
     }
+}
+
+/// `n` and the noun, singular for 1: `1 job`, `3 jobs`.
+pub(crate) fn count_of(n: impl Into<u64>, singular: &str, plural: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { singular } else { plural })
 }
 
 /// A directory removed when dropped.
@@ -186,7 +195,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }
         return crate::demo_queue::run(args.jobs).await;
     }
-    let config = match args.validate() {
+    let config = match args.check() {
         Ok(config) => config,
         Err(err) => {
             eprintln!("nullworker: error: {err}");
@@ -515,4 +524,21 @@ pub(crate) fn watch_interrupt(cancel: CancellationToken) -> CancellationToken {
         }
     });
     received
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_take_the_singular_for_one() {
+        for (n, expected) in [
+            (0_u32, "0 jobs"),
+            (1, "1 job"),
+            (2, "2 jobs"),
+            (20, "20 jobs"),
+        ] {
+            assert_eq!(count_of(n, "job", "jobs"), expected);
+        }
+    }
 }

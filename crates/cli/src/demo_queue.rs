@@ -27,7 +27,8 @@ use nullworker_queue::dispatch::{DispatchEvent, Driver, DriverConfig, Outcome, S
 use nullworker_queue::{OpenMode, Queue, QueueStats, QueueUrl};
 
 use crate::demo::{
-    active_workers, announce_engine, say, watch_interrupt, Out, TempDir, SCALE_TO_ZERO_LIMIT,
+    active_workers, announce_engine, count_of, say, watch_interrupt, Out, TempDir,
+    SCALE_TO_ZERO_LIMIT,
 };
 
 /// Name of the endpoint the queue demo creates.
@@ -210,7 +211,10 @@ async fn demo(engine: &EngineHandle, dir: &TempDir, jobs: u32) -> anyhow::Result
     say(
         &out,
         t0,
-        &format!("pushed {jobs} jobs of 2–6 s ({total} s of work in all)"),
+        &format!(
+            "pushed {} of 2–6 s ({total} s of work in all)",
+            count_of(jobs, "job", "jobs")
+        ),
     );
 
     // Watch until every job is done.
@@ -290,8 +294,9 @@ async fn demo(engine: &EngineHandle, dir: &TempDir, jobs: u32) -> anyhow::Result
         &out,
         t0,
         &format!(
-            "done: {jobs} jobs, each run exactly once; sessions 0 → {peak_sessions} → 0, \
+            "done: {}, each run exactly once; sessions 0 → {peak_sessions} → 0, \
              workers 0 → {peak} → 0 in {:.0} s; everything stopped",
+            count_of(jobs, "job", "jobs"),
             t0.elapsed().as_secs_f64()
         ),
     );

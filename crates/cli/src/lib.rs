@@ -1,10 +1,13 @@
-//! Support for the `nullworker` binary: logging set-up, error reporting at
-//! the process edge, and `nullworker demo`, which wires the engine, the
-//! worker and the client together on one machine.
+//! Support for the `nullworker` binary: the command line ([`cli`]), logging
+//! set-up, the exit-code convention ([`exit`]), error reporting at the
+//! process edge, each command's module, completions and man pages
+//! ([`manual`]), and `nullworker demo`, which wires the engine, the worker
+//! and the client together on one machine.
 //!
 //! Every role lives in its own crate (`nullworker-worker`, `nullworker-engine`,
 //! `nullworker-client`); this crate only connects them.
 
+pub mod cli;
 pub mod client;
 pub mod consume;
 pub mod demo;
@@ -12,14 +15,17 @@ pub mod demo_queue;
 pub mod dispatch;
 pub mod endpoint;
 pub mod engine;
+pub mod exit;
 pub mod logging;
+pub mod manual;
 pub mod queue;
 pub mod serve;
 
 use std::process::ExitCode;
 
-/// Prints an error chain as one line on stderr and returns the failure exit code.
+/// Prints an error chain as one line on stderr and returns the runtime
+/// failure exit code ([`exit::FAILURE`]).
 pub fn report_error(err: &anyhow::Error) -> ExitCode {
     eprintln!("nullworker: error: {err:#}");
-    ExitCode::FAILURE
+    ExitCode::from(exit::FAILURE)
 }

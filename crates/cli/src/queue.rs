@@ -59,7 +59,7 @@ struct PushArgs {
     queue: QueueUrl,
 
     /// Number of jobs to push.
-    #[arg(long, value_name = "N", default_value_t = 1,
+    #[arg(long, value_name = "N", default_value_t = 1, allow_negative_numbers = true,
           value_parser = clap::value_parser!(u64).range(1..=MAX_COUNT))]
     count: u64,
 

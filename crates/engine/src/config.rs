@@ -15,6 +15,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest time `/route/` holds a WAITING answer (the SDK's timeout is 10 s).
 pub const DEFAULT_ROUTE_HOLD: Duration = Duration::from_secs(2);
+/// File name of the state database in the state directory.
+pub const DB_FILE: &str = "engine.sqlite3";
 /// Autoscaler tick (§12.5).
 pub const DEFAULT_TICK: Duration = Duration::from_secs(1);
 
@@ -197,7 +199,7 @@ impl EngineConfig {
 
     /// Path of the state database.
     pub fn db_path(&self) -> PathBuf {
-        self.state_dir.join("engine.sqlite3")
+        self.state_dir.join(DB_FILE)
     }
 
     /// Path of the signing key.

@@ -100,6 +100,49 @@ impl StateDir {
     }
 }
 
+/// The account key an engine generated and stored in `state_dir`
+/// (`nullworker engine key`), read without creating, locking or changing
+/// anything, so it works beside a running engine. `Ok(None)` when no
+/// engine has stored one there: the directory or its database does not
+/// exist yet, or its engine runs with a configured key (`--account-key`),
+/// which is never stored.
+pub fn stored_account_key(state_dir: &Path) -> Result<Option<String>, EngineError> {
+    use rusqlite::{OpenFlags, OptionalExtension as _};
+    let path = state_dir.join(crate::config::DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let fail = |e: rusqlite::Error| EngineError::Database {
+        path: path.clone(),
+        reason: format!("cannot read the account key: {e}"),
+    };
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(fail)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(fail)?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(fail)?
+        > 0;
+    if !has_meta {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value FROM meta WHERE key = 'account_key'",
+        [],
+        |row| row.get(0),
+    )
+    .optional()
+    .map_err(fail)
+}
+
 /// Loads the PEM key at `path`, or generates a 2048-bit key and writes it
 /// with mode 0600 (atomically, so a crash never leaves half a key).
 pub fn load_or_create_key(path: &Path) -> Result<SigningKey, EngineError> {
@@ -156,6 +199,26 @@ mod tests {
         assert_eq!(mode, 0o600);
         let b = load_or_create_key(&path).unwrap();
         assert_eq!(a.verifying_key(), b.verifying_key());
+    }
+
+    #[test]
+    fn the_stored_account_key_is_read_beside_a_running_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        assert_eq!(stored_account_key(&state).unwrap(), None);
+        let config = EngineConfig::new(&state).unwrap();
+        let running = StateDir::open(&config).unwrap();
+        assert_eq!(
+            stored_account_key(&state).unwrap().as_deref(),
+            Some(running.account_key.as_str())
+        );
+        drop(running);
+
+        let configured = dir.path().join("configured");
+        let mut config = EngineConfig::new(&configured).unwrap();
+        config.account_key = Some("configured-key-0123456789".into());
+        let _running = StateDir::open(&config).unwrap();
+        assert_eq!(stored_account_key(&configured).unwrap(), None);
     }
 
     #[test]

@@ -5,6 +5,14 @@
 //! process under the worker's directory, exit watching, and stopping
 //! (SIGTERM to the process group, SIGKILL after a grace).
 //!
+//! The worker variables are added to the engine's own environment, which
+//! the processes inherit: `RUST_LOG` and `NULLWORKER_LOG_FORMAT` (the
+//! engine's `--log-format`) reach them unchanged, and so does `NO_COLOR`
+//! (their stderr is a log file, never a terminal, so they log without
+//! colour anyway). Both processes get `NULL_CONTROL_PORT`, so a consumer's
+//! `curl -X POST http://127.0.0.1:${NULL_CONTROL_PORT:-18999}/release`
+//! reaches its own worker.
+//!
 //! A shell command line runs as `/bin/sh -c '<line>'` (not `exec`'d, so a
 //! compound line like `a; b` runs whole). Each process leads its own process
 //! group, and stopping signals the whole group (SIGTERM, then SIGKILL after

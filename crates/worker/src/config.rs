@@ -1,12 +1,17 @@
-//! Worker configuration: the `nullworker serve` flags and environment
-//! variables (PROTOCOL.md §8.1), and their validation into a [`WorkerConfig`].
+//! Worker configuration: the settings of `nullworker serve` (flags and
+//! environment variables, PROTOCOL.md §8.1) and their validation into a
+//! [`WorkerConfig`].
 //!
-//! [`ServeArgs`] is what the user typed (every value a raw string, so a bad
-//! value can be reported with its variable name instead of a clap usage
-//! dump); [`WorkerConfig`] is the validated, typed result the rest of the
-//! crate uses. Validation happens once, before any port is bound, and loads
-//! the TLS certificate so an unreadable file is a configuration error. This
-//! module does no networking.
+//! Each setting is defined once, in the [`SETTINGS`] table (flag, variable
+//! exactly as the protocol spells it, value name, help); the command line
+//! is built from that table by the CLI crate, so this crate needs no
+//! argument parser. [`ServeArgs`] is what the user gave (every value raw
+//! text, so a bad value is reported with its variable's name instead of a
+//! usage dump); [`WorkerConfig`] is the validated, typed result the rest of
+//! the crate uses. Validation happens once, before any port is bound,
+//! reports every problem at once ([`ConfigErrors`]), and loads the TLS
+//! certificate so an unreadable file is a configuration error. This module
+//! does no networking.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -24,106 +29,213 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// Largest accepted `NULLWORKER_MAX_CONNECTIONS`.
 pub const MAX_MAX_CONNECTIONS: usize = 65_536;
 
-/// Options of `nullworker serve`. Every option can also be set through the
-/// environment variable named in its help; the protocol's variables keep the
-/// reference names, the settings of our own start with `NULLWORKER_`.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    /// Integer id of this worker, sent as `id` / `worker_id` in reports.
-    #[arg(long, env = "CONTAINER_ID", value_name = "ID")]
-    pub container_id: Option<String>,
+/// One setting of `nullworker serve`: everything a command line needs to
+/// offer it (flag, environment variable, value name, help), defined once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    /// The [`ServeArgs`] field that holds it (also the argument's id).
+    pub id: &'static str,
+    /// The long flag, without its dashes.
+    pub flag: &'static str,
+    /// The environment variable, spelled as the protocol spells it (§8.1),
+    /// or `NULLWORKER_*` for settings of our own; `None`: flag only.
+    pub env: Option<&'static str>,
+    /// Placeholder for the value in usage lines (`PORT`, `URL`, ...).
+    pub value_name: &'static str,
+    /// One-paragraph help, defaults in brackets.
+    pub help: &'static str,
+    /// The value is a secret: never shown in help or debug output.
+    pub secret: bool,
+}
 
-    /// Engine base URL(s), comma-separated; reports fail over in order.
-    #[arg(long, env = "REPORT_ADDR", value_name = "URLS")]
-    pub report_addr: Option<String>,
+impl Setting {
+    /// How errors name it: `WORKER_PORT (--worker-port)`, or `--public-port`
+    /// for a flag without a variable.
+    pub fn label(&self) -> String {
+        match self.env {
+            Some(env) => format!("{env} (--{})", self.flag),
+            None => format!("--{}", self.flag),
+        }
+    }
+}
 
-    /// Worker token sent as `mtoken`; bearer token of `/pyworker/update`.
-    #[arg(
-        long,
-        env = "MASTER_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
-    pub master_token: Option<String>,
+/// Defines [`ServeArgs`], one `Option<String>` field per setting, the
+/// [`setting`] constants and the [`SETTINGS`] table from a single list.
+macro_rules! serve_settings {
+    ($(
+        $konst:ident $field:ident {
+            flag: $flag:literal,
+            env: $env:expr,
+            value: $value:literal,
+            secret: $secret:literal,
+            help: $help:literal $(,)?
+        }
+    )*) => {
+        /// Every setting of `nullworker serve`, one constant each.
+        pub mod setting {
+            use super::Setting;
+            $(
+                #[doc = concat!("`--", $flag, "`: ", $help)]
+                pub const $konst: Setting = Setting {
+                    id: stringify!($field),
+                    flag: $flag,
+                    env: $env,
+                    value_name: $value,
+                    help: $help,
+                    secret: $secret,
+                };
+            )*
+        }
 
-    /// Port of the public listener (HTTP, or HTTPS with USE_SSL=true).
-    #[arg(long, env = "WORKER_PORT", value_name = "PORT")]
-    pub worker_port: Option<String>,
+        /// Every setting of `nullworker serve`, in the order `--help` lists them.
+        pub const SETTINGS: &[Setting] = &[$(setting::$konst),*];
 
-    /// Port of the HTTP-only `/session/end` listener [default: WORKER_PORT + 1].
-    #[arg(long, env = "WORKER_HTTP_PORT", value_name = "PORT")]
-    pub worker_http_port: Option<String>,
+        /// What the user gave `nullworker serve`, flag or environment
+        /// variable, as raw text (so that a bad value is reported with its
+        /// variable's name, and every bad value at once).
+        #[derive(Clone, Default, PartialEq, Eq)]
+        pub struct ServeArgs {
+            $(
+                #[doc = $help]
+                pub $field: Option<String>,
+            )*
+        }
 
-    /// External port mapped to WORKER_PORT, used in the worker URL
-    /// [default: the variable VAST_TCP_PORT_<WORKER_PORT>].
-    #[arg(long, value_name = "PORT")]
-    pub public_port: Option<String>,
+        impl ServeArgs {
+            /// The value of the setting whose [`Setting::id`] is `id`.
+            pub fn get(&self, id: &str) -> Option<&str> {
+                match id {
+                    $(stringify!($field) => self.$field.as_deref(),)*
+                    _ => None,
+                }
+            }
 
-    /// External IP address (or host name) used in the worker URL.
-    #[arg(long, env = "PUBLIC_IPADDR", value_name = "ADDR")]
-    pub public_ipaddr: Option<String>,
+            /// Sets the setting whose [`Setting::id`] is `id`; `false` when
+            /// there is no such setting.
+            pub fn set(&mut self, id: &str, value: String) -> bool {
+                match id {
+                    $(stringify!($field) => {
+                        self.$field = Some(value);
+                        true
+                    })*
+                    _ => false,
+                }
+            }
+        }
+    };
+}
 
-    /// Exactly `true` serves the public listener over TLS and advertises https.
-    #[arg(long, env = "USE_SSL", value_name = "BOOL")]
-    pub use_ssl: Option<String>,
+serve_settings! {
+    CONTAINER_ID container_id {
+        flag: "container-id", env: Some("CONTAINER_ID"), value: "ID", secret: false,
+        help: "Integer id of this worker, sent as `id` / `worker_id` in reports.",
+    }
+    REPORT_ADDR report_addr {
+        flag: "report-addr", env: Some("REPORT_ADDR"), value: "URLS", secret: false,
+        help: "Engine base URL(s), comma-separated; reports fail over in order.",
+    }
+    MASTER_TOKEN master_token {
+        flag: "master-token", env: Some("MASTER_TOKEN"), value: "TOKEN", secret: true,
+        help: "Worker token sent as `mtoken`; bearer token of `/pyworker/update`.",
+    }
+    WORKER_PORT worker_port {
+        flag: "worker-port", env: Some("WORKER_PORT"), value: "PORT", secret: false,
+        help: "Port of the public listener (HTTP, or HTTPS with USE_SSL=true).",
+    }
+    WORKER_HTTP_PORT worker_http_port {
+        flag: "worker-http-port", env: Some("WORKER_HTTP_PORT"), value: "PORT", secret: false,
+        help: "Port of the HTTP-only `/session/end` listener [default: WORKER_PORT + 1].",
+    }
+    PUBLIC_PORT public_port {
+        flag: "public-port", env: None, value: "PORT", secret: false,
+        help: "External port mapped to WORKER_PORT, used in the worker URL \
+               [default: the variable VAST_TCP_PORT_<WORKER_PORT>].",
+    }
+    PUBLIC_IPADDR public_ipaddr {
+        flag: "public-ipaddr", env: Some("PUBLIC_IPADDR"), value: "ADDR", secret: false,
+        help: "External IP address (or host name) used in the worker URL.",
+    }
+    USE_SSL use_ssl {
+        flag: "use-ssl", env: Some("USE_SSL"), value: "BOOL", secret: false,
+        help: "Exactly `true` serves the public listener over TLS and advertises https.",
+    }
+    UNSECURED unsecured {
+        flag: "unsecured", env: Some("UNSECURED"), value: "BOOL", secret: false,
+        help: "Disable the signature and `auth_data.url` checks (yes/no, true/false, \
+               on/off, 1/0) [default: false].",
+    }
+    BACKEND_HEALTH_URL backend_health_url {
+        flag: "backend-health-url", env: Some("BACKEND_HEALTH_URL"), value: "URL", secret: false,
+        help: "Absolute http(s) URL of the consumer's health check [default: the \
+               control server's own `/health` stub].",
+    }
+    NULL_CONTROL_PORT control_port {
+        flag: "control-port", env: Some("NULL_CONTROL_PORT"), value: "PORT", secret: false,
+        help: "Port of the loopback control server (`/release`, `/health`, `/session`) \
+               [default: 18999].",
+    }
+    MAX_SESSIONS max_sessions {
+        flag: "max-sessions", env: Some("NULLWORKER_MAX_SESSIONS"), value: "N", secret: false,
+        help: "Sessions that may be open at once; 0 means unlimited [default: 1].",
+    }
+    HEALTH_INTERVAL health_interval {
+        flag: "health-interval", env: Some("NULLWORKER_HEALTH_INTERVAL"), value: "SECONDS",
+        secret: false,
+        help: "Seconds between health checks of the consumer, 0.05 to 86400 [default: 10].",
+    }
+    TLS_CERT tls_cert {
+        flag: "tls-cert", env: Some("NULLWORKER_TLS_CERT"), value: "FILE", secret: false,
+        help: "TLS certificate chain (PEM) used with USE_SSL=true [default: /etc/instance.crt].",
+    }
+    TLS_KEY tls_key {
+        flag: "tls-key", env: Some("NULLWORKER_TLS_KEY"), value: "FILE", secret: false,
+        help: "TLS private key (PEM) used with USE_SSL=true [default: /etc/instance.key].",
+    }
+    BIND_AUTH_URL bind_auth_url {
+        flag: "bind-auth-url", env: Some("NULLWORKER_BIND_AUTH_URL"), value: "BOOL",
+        secret: false,
+        help: "Require `auth_data.url` to be this worker's own URL (yes/no) [default: yes].",
+    }
+    MAX_BODY_BYTES max_body_bytes {
+        flag: "max-body-bytes", env: Some("NULLWORKER_MAX_BODY_BYTES"), value: "BYTES",
+        secret: false,
+        help: "Largest accepted public request body in bytes, at least 1024 [default: 1048576].",
+    }
+    MAX_CONNECTIONS max_connections {
+        flag: "max-connections", env: Some("NULLWORKER_MAX_CONNECTIONS"), value: "COUNT",
+        secret: false,
+        help: "Connections the public and HTTP-only listeners hold open at once, 1 to \
+               65536; further ones wait until one closes [default: 1024].",
+    }
+    LISTEN_ADDR listen_addr {
+        flag: "listen-addr", env: Some("NULLWORKER_LISTEN_ADDR"), value: "IP", secret: false,
+        help: "Address the public and HTTP-only listeners bind [default: 0.0.0.0].",
+    }
+    FORCE_UPDATE_FILE force_update_file {
+        flag: "force-update-file", env: Some("NULLWORKER_FORCE_UPDATE_FILE"), value: "FILE",
+        secret: false,
+        help: "File created by an authorised `/pyworker/update` [default: /.force_update].",
+    }
+    BUSY_POLL_US busy_poll_us {
+        flag: "busy-poll-us", env: Some("NULLWORKER_BUSY_POLL_US"), value: "MICROSECONDS",
+        secret: false,
+        help: "Microseconds the worker keeps polling its sockets after an authenticated \
+               request before it sleeps, so that a closely following request is answered \
+               without waiting for an idle CPU to wake; 0 (off) to 100000 [default: 500].",
+    }
+}
 
-    /// Disable the signature and `auth_data.url` checks (yes/no, true/false,
-    /// on/off, 1/0) [default: false].
-    #[arg(long, env = "UNSECURED", value_name = "BOOL")]
-    pub unsecured: Option<String>,
-
-    /// Absolute http(s) URL of the consumer's health check [default: the
-    /// control server's own `/health` stub].
-    #[arg(long, env = "BACKEND_HEALTH_URL", value_name = "URL")]
-    pub backend_health_url: Option<String>,
-
-    /// Port of the loopback control server (`/release`, `/health`, `/session`) [default: 18999].
-    #[arg(long, env = "NULL_CONTROL_PORT", value_name = "PORT")]
-    pub control_port: Option<String>,
-
-    /// Sessions that may be open at once; 0 means unlimited [default: 1].
-    #[arg(long, env = "NULLWORKER_MAX_SESSIONS", value_name = "N")]
-    pub max_sessions: Option<String>,
-
-    /// Seconds between health checks of the consumer [default: 10].
-    #[arg(long, env = "NULLWORKER_HEALTH_INTERVAL", value_name = "SECONDS")]
-    pub health_interval: Option<String>,
-
-    /// TLS certificate chain (PEM) used with USE_SSL=true [default: /etc/instance.crt].
-    #[arg(long, env = "NULLWORKER_TLS_CERT", value_name = "FILE")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// TLS private key (PEM) used with USE_SSL=true [default: /etc/instance.key].
-    #[arg(long, env = "NULLWORKER_TLS_KEY", value_name = "FILE")]
-    pub tls_key: Option<PathBuf>,
-
-    /// Require `auth_data.url` to be this worker's own URL (yes/no) [default: yes].
-    #[arg(long, env = "NULLWORKER_BIND_AUTH_URL", value_name = "BOOL")]
-    pub bind_auth_url: Option<String>,
-
-    /// Largest accepted public request body in bytes [default: 1048576].
-    #[arg(long, env = "NULLWORKER_MAX_BODY_BYTES", value_name = "BYTES")]
-    pub max_body_bytes: Option<String>,
-
-    /// Connections the public and HTTP-only listeners hold open at once;
-    /// further ones wait until one closes [default: 1024].
-    #[arg(long, env = "NULLWORKER_MAX_CONNECTIONS", value_name = "COUNT")]
-    pub max_connections: Option<String>,
-
-    /// Address the public and HTTP-only listeners bind [default: 0.0.0.0].
-    #[arg(long, env = "NULLWORKER_LISTEN_ADDR", value_name = "IP")]
-    pub listen_addr: Option<String>,
-
-    /// File created by an authorised `/pyworker/update` [default: /.force_update].
-    #[arg(long, env = "NULLWORKER_FORCE_UPDATE_FILE", value_name = "FILE")]
-    pub force_update_file: Option<PathBuf>,
-
-    /// Microseconds the worker keeps polling its sockets after an
-    /// authenticated request before it sleeps, so that a closely following
-    /// request is answered without waiting for an idle CPU to wake; 0 turns
-    /// this off [default: 500].
-    #[arg(long, env = "NULLWORKER_BUSY_POLL_US", value_name = "MICROSECONDS")]
-    pub busy_poll_us: Option<String>,
+impl std::fmt::Debug for ServeArgs {
+    /// Lists the settings given, secrets redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("ServeArgs");
+        for s in SETTINGS {
+            if let Some(value) = self.get(s.id) {
+                out.field(s.id, if s.secret { &"<redacted>" } else { &value });
+            }
+        }
+        out.finish()
+    }
 }
 
 /// A configuration value that cannot be used. The message names the
@@ -164,6 +276,19 @@ impl ConfigError {
             var: var.into(),
             expected: expected.into(),
         }
+    }
+}
+
+/// Every problem of a configuration, in the order of [`SETTINGS`] (at least
+/// one). Displayed one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl ConfigErrors {
+    /// The problems, one message each.
+    pub fn messages(&self) -> impl Iterator<Item = String> + '_ {
+        self.0.iter().map(ToString::to_string)
     }
 }
 
@@ -278,19 +403,19 @@ fn parse_bool(var: &str, raw: &str) -> Result<bool, ConfigError> {
 }
 
 fn parse_container_id(raw: Option<&str>) -> Result<i64, ConfigError> {
-    const VAR: &str = "CONTAINER_ID (--container-id)";
-    let raw = raw.ok_or_else(|| ConfigError::missing(VAR, "the integer id of this worker"))?;
+    let var = setting::CONTAINER_ID.label();
+    let raw = raw.ok_or_else(|| ConfigError::missing(&var, "the integer id of this worker"))?;
     raw.parse::<i64>()
-        .map_err(|_| ConfigError::invalid(VAR, raw, "an integer worker id"))
+        .map_err(|_| ConfigError::invalid(var, raw, "an integer worker id"))
 }
 
 fn parse_report_addrs(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
-    const VAR: &str = "REPORT_ADDR (--report-addr)";
     const EXPECTED: &str = "comma-separated absolute http(s) engine URLs";
-    let raw = raw.ok_or_else(|| ConfigError::missing(VAR, EXPECTED))?;
+    let var = setting::REPORT_ADDR.label();
+    let raw = raw.ok_or_else(|| ConfigError::missing(&var, EXPECTED))?;
     let entries = protocol::parse_report_addrs(raw);
     if entries.is_empty() {
-        return Err(ConfigError::invalid(VAR, raw, EXPECTED));
+        return Err(ConfigError::invalid(var, raw, EXPECTED));
     }
     entries
         .into_iter()
@@ -303,13 +428,54 @@ fn parse_report_addrs(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
                 Ok(entry.trim_end_matches('/').to_owned())
             } else {
                 Err(ConfigError::invalid(
-                    VAR,
+                    &var,
                     raw,
                     format!("{EXPECTED} (entry {entry:?} is not one)"),
                 ))
             }
         })
         .collect()
+}
+
+/// An optional setting parsed with `parse`, or `default` when unset.
+fn optional<T>(
+    raw: &Option<String>,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, ConfigError>,
+) -> Result<T, ConfigError> {
+    non_empty(raw).map_or(Ok(default), parse)
+}
+
+/// `raw` parsed as a `T` accepted by `ok`, else an error naming `setting`
+/// and `expected`.
+fn parse_in<T: std::str::FromStr>(
+    setting: &Setting,
+    raw: &str,
+    ok: impl FnOnce(&T) -> bool,
+    expected: impl Into<String>,
+) -> Result<T, ConfigError> {
+    match raw.parse::<T>() {
+        Ok(value) if ok(&value) => Ok(value),
+        _ => Err(ConfigError::invalid(setting.label(), raw, expected)),
+    }
+}
+
+/// The problems found so far; validation goes on after one, so that every
+/// bad setting is reported at once.
+#[derive(Default)]
+struct Problems(Vec<ConfigError>);
+
+impl Problems {
+    /// The value, or `None` after recording the problem.
+    fn check<T>(&mut self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
+    }
+
+    /// The value, or `placeholder` after recording the problem (the
+    /// placeholder is never used: validation fails).
+    fn or<T>(&mut self, result: Result<T, ConfigError>, placeholder: T) -> T {
+        self.check(result).unwrap_or(placeholder)
+    }
 }
 
 impl ServeArgs {
@@ -337,13 +503,13 @@ impl ServeArgs {
 
     fn public_port(&self, worker_port: u16) -> Result<u16, ConfigError> {
         if let Some(raw) = non_empty(&self.public_port) {
-            return parse_port("--public-port", raw);
+            return parse_port(&setting::PUBLIC_PORT.label(), raw);
         }
         let var = format!("VAST_TCP_PORT_{worker_port}");
         match std::env::var(&var) {
             Ok(raw) if !raw.trim().is_empty() => parse_port(&var, &raw),
             _ => Err(ConfigError::missing(
-                format!("{var} (--public-port)"),
+                format!("{var} (--{})", setting::PUBLIC_PORT.flag),
                 format!("the external port mapped to WORKER_PORT {worker_port}"),
             )),
         }
@@ -356,216 +522,232 @@ impl ServeArgs {
         Some((self.use_ssl(), ip, public_port))
     }
 
-    /// Validates every value into a [`WorkerConfig`]; the first problem wins.
-    pub fn validate(&self) -> Result<WorkerConfig, ConfigError> {
-        let container_id = parse_container_id(non_empty(&self.container_id))?;
-        let report_addrs = parse_report_addrs(non_empty(&self.report_addr))?;
+    /// Validates every value into a [`WorkerConfig`]; on failure the error
+    /// lists every problem found, in the order of [`SETTINGS`].
+    pub fn validate(&self) -> Result<WorkerConfig, ConfigErrors> {
+        let mut problems = Problems::default();
+        let container_id = problems.or(parse_container_id(non_empty(&self.container_id)), 0);
+        let report_addrs = problems.or(parse_report_addrs(non_empty(&self.report_addr)), vec![]);
         let master_token = self.master_token.clone().unwrap_or_default();
 
-        let worker_port = match non_empty(&self.worker_port) {
-            Some(raw) => parse_port("WORKER_PORT (--worker-port)", raw)?,
-            None => {
-                return Err(ConfigError::missing(
-                    "WORKER_PORT (--worker-port)",
-                    "the port of the public listener",
-                ))
-            }
-        };
-        let http_port = match non_empty(&self.worker_http_port) {
-            Some(raw) => parse_port("WORKER_HTTP_PORT (--worker-http-port)", raw)?,
-            None => worker_port.checked_add(1).ok_or_else(|| {
+        let worker_port_label = setting::WORKER_PORT.label();
+        let worker_port = problems.check(match non_empty(&self.worker_port) {
+            Some(raw) => parse_port(&worker_port_label, raw),
+            None => Err(ConfigError::missing(
+                &worker_port_label,
+                "the port of the public listener",
+            )),
+        });
+        let http_label = setting::WORKER_HTTP_PORT.label();
+        let http_port = match (non_empty(&self.worker_http_port), worker_port) {
+            (Some(raw), _) => problems.check(parse_port(&http_label, raw)),
+            (None, Some(worker_port)) => problems.check(worker_port.checked_add(1).ok_or_else(|| {
                 ConfigError::invalid(
-                    "WORKER_PORT (--worker-port)",
+                    &worker_port_label,
                     &worker_port.to_string(),
                     "a port below 65535 when WORKER_HTTP_PORT is unset (it defaults to WORKER_PORT + 1)",
                 )
-            })?,
+            })),
+            (None, None) => None,
         };
-        if http_port == worker_port {
-            return Err(ConfigError::invalid(
-                "WORKER_HTTP_PORT (--worker-http-port)",
-                &http_port.to_string(),
-                "a port different from WORKER_PORT",
-            ));
-        }
-        let public_port = self.public_port(worker_port)?;
-        let public_ip = non_empty(&self.public_ipaddr).ok_or_else(|| {
-            ConfigError::missing(
-                "PUBLIC_IPADDR (--public-ipaddr)",
-                "the external IP address of this instance",
-            )
-        })?;
-        if public_ip.contains(['/', ' ', '?', '#', '@']) {
-            return Err(ConfigError::invalid(
-                "PUBLIC_IPADDR (--public-ipaddr)",
-                public_ip,
-                "an IP address or host name",
-            ));
-        }
-        let use_ssl = self.use_ssl();
-        let worker_url = protocol::worker_url(use_ssl, public_ip, public_port);
-
-        let unsecured = match non_empty(&self.unsecured) {
-            Some(raw) => parse_bool("UNSECURED (--unsecured)", raw)?,
-            None => false,
-        };
-        let bind_auth_url = match non_empty(&self.bind_auth_url) {
-            Some(raw) => parse_bool("NULLWORKER_BIND_AUTH_URL (--bind-auth-url)", raw)?,
-            None => true,
-        };
-
-        let health = match non_empty(&self.backend_health_url) {
-            None => HealthTarget::Stub,
-            Some(raw) => {
-                let parsed = url::Url::parse(raw).ok().filter(|u| {
-                    matches!(u.scheme(), "http" | "https")
-                        && u.host_str().is_some_and(|h| !h.is_empty())
-                });
-                match parsed {
-                    Some(url) => HealthTarget::Url(url),
-                    None => return Err(ConfigError::invalid(
-                        "BACKEND_HEALTH_URL (--backend-health-url)",
-                        raw,
-                        "an absolute http(s) URL with a host, e.g. http://127.0.0.1:9090/health",
-                    )),
-                }
+        if let (Some(http), Some(public)) = (http_port, worker_port) {
+            if http == public {
+                problems.0.push(ConfigError::invalid(
+                    &http_label,
+                    &http.to_string(),
+                    "a port different from WORKER_PORT",
+                ));
             }
+        }
+        let public_port = match worker_port {
+            Some(worker_port) => problems.check(self.public_port(worker_port)),
+            None => non_empty(&self.public_port)
+                .and_then(|raw| problems.check(parse_port(&setting::PUBLIC_PORT.label(), raw))),
         };
-        let control_port = match non_empty(&self.control_port) {
-            Some(raw) => parse_port("NULL_CONTROL_PORT (--control-port)", raw)?,
-            None => protocol::DEFAULT_NULL_CONTROL_PORT,
-        };
-        if control_port == worker_port || control_port == http_port {
-            return Err(ConfigError::invalid(
-                "NULL_CONTROL_PORT (--control-port)",
-                &control_port.to_string(),
-                "a port different from WORKER_PORT and WORKER_HTTP_PORT",
-            ));
+        let ip_label = setting::PUBLIC_IPADDR.label();
+        let public_ip = problems.check(match non_empty(&self.public_ipaddr) {
+            None => Err(ConfigError::missing(
+                &ip_label,
+                "the external IP address of this instance",
+            )),
+            Some(ip) if ip.contains(['/', ' ', '?', '#', '@']) => Err(ConfigError::invalid(
+                &ip_label,
+                ip,
+                "an IP address or host name",
+            )),
+            Some(ip) => Ok(ip),
+        });
+        let use_ssl = self.use_ssl();
+
+        let unsecured = problems.or(
+            optional(&self.unsecured, false, |raw| {
+                parse_bool(&setting::UNSECURED.label(), raw)
+            }),
+            false,
+        );
+        let bind_auth_url = problems.or(
+            optional(&self.bind_auth_url, true, |raw| {
+                parse_bool(&setting::BIND_AUTH_URL.label(), raw)
+            }),
+            true,
+        );
+        let health = problems.or(
+            optional(&self.backend_health_url, HealthTarget::Stub, |raw| {
+                url::Url::parse(raw)
+                    .ok()
+                    .filter(|u| {
+                        matches!(u.scheme(), "http" | "https")
+                            && u.host_str().is_some_and(|h| !h.is_empty())
+                    })
+                    .map(HealthTarget::Url)
+                    .ok_or_else(|| {
+                        ConfigError::invalid(
+                            setting::BACKEND_HEALTH_URL.label(),
+                            raw,
+                            "an absolute http(s) URL with a host, e.g. http://127.0.0.1:9090/health",
+                        )
+                    })
+            }),
+            HealthTarget::Stub,
+        );
+        let control_label = setting::NULL_CONTROL_PORT.label();
+        let control_port = problems.check(optional(
+            &self.control_port,
+            protocol::DEFAULT_NULL_CONTROL_PORT,
+            |raw| parse_port(&control_label, raw),
+        ));
+        if let Some(control) = control_port {
+            if Some(control) == worker_port || Some(control) == http_port {
+                problems.0.push(ConfigError::invalid(
+                    &control_label,
+                    &control.to_string(),
+                    "a port different from WORKER_PORT and WORKER_HTTP_PORT",
+                ));
+            }
         }
 
-        let max_sessions = match non_empty(&self.max_sessions) {
-            None => Some(1),
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(0) => None,
-                Ok(n) => Some(n),
-                Err(_) => {
-                    return Err(ConfigError::invalid(
-                        "NULLWORKER_MAX_SESSIONS (--max-sessions)",
+        let max_sessions = problems.or(
+            optional(&self.max_sessions, Some(1), |raw| {
+                parse_in::<usize>(
+                    &setting::MAX_SESSIONS,
+                    raw,
+                    |_| true,
+                    "a non-negative integer (0 = unlimited)",
+                )
+                .map(|n| (n > 0).then_some(n))
+            }),
+            None,
+        );
+        let health_interval = problems.or(
+            optional(&self.health_interval, Duration::from_secs(10), |raw| {
+                parse_in::<f64>(
+                    &setting::HEALTH_INTERVAL,
+                    raw,
+                    |s| s.is_finite() && (0.05..=86_400.0).contains(s),
+                    "a number of seconds from 0.05 to 86400",
+                )
+                .map(Duration::from_secs_f64)
+            }),
+            Duration::ZERO,
+        );
+        let busy_poll = problems.or(
+            optional(
+                &self.busy_poll_us,
+                crate::busy_poll::DEFAULT_WINDOW,
+                |raw| {
+                    parse_in::<u64>(
+                        &setting::BUSY_POLL_US,
                         raw,
-                        "a non-negative integer (0 = unlimited)",
-                    ))
-                }
-            },
-        };
-        let health_interval = match non_empty(&self.health_interval) {
-            None => Duration::from_secs(10),
-            Some(raw) => match raw.parse::<f64>() {
-                Ok(s) if s.is_finite() && (0.05..=86_400.0).contains(&s) => {
-                    Duration::from_secs_f64(s)
-                }
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "NULLWORKER_HEALTH_INTERVAL (--health-interval)",
-                        raw,
-                        "a number of seconds from 0.05 to 86400",
-                    ))
-                }
-            },
-        };
-        let busy_poll = match non_empty(&self.busy_poll_us) {
-            None => crate::busy_poll::DEFAULT_WINDOW,
-            Some(raw) => match raw.parse::<u64>() {
-                Ok(us) if Duration::from_micros(us) <= crate::busy_poll::MAX_WINDOW => {
-                    Duration::from_micros(us)
-                }
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "NULLWORKER_BUSY_POLL_US (--busy-poll-us)",
-                        raw,
+                        |us| Duration::from_micros(*us) <= crate::busy_poll::MAX_WINDOW,
                         format!(
                             "a whole number of microseconds from 0 (off) to {}",
                             crate::busy_poll::MAX_WINDOW.as_micros()
                         ),
-                    ))
-                }
-            },
-        };
-        let max_body_bytes = match non_empty(&self.max_body_bytes) {
-            None => DEFAULT_MAX_BODY_BYTES,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if n >= 1024 => n,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "NULLWORKER_MAX_BODY_BYTES (--max-body-bytes)",
-                        raw,
-                        "a number of bytes, at least 1024",
-                    ))
-                }
-            },
-        };
-        let max_connections = match non_empty(&self.max_connections) {
-            None => DEFAULT_MAX_CONNECTIONS,
-            Some(raw) => match raw.parse::<usize>() {
-                Ok(n) if (1..=MAX_MAX_CONNECTIONS).contains(&n) => n,
-                _ => {
-                    return Err(ConfigError::invalid(
-                        "NULLWORKER_MAX_CONNECTIONS (--max-connections)",
-                        raw,
-                        format!("a whole number of connections from 1 to {MAX_MAX_CONNECTIONS}"),
-                    ))
-                }
-            },
-        };
-        let listen_addr = match non_empty(&self.listen_addr) {
-            None => IpAddr::from([0, 0, 0, 0]),
-            Some(raw) => raw.parse::<IpAddr>().map_err(|_| {
-                ConfigError::invalid(
-                    "NULLWORKER_LISTEN_ADDR (--listen-addr)",
+                    )
+                    .map(Duration::from_micros)
+                },
+            ),
+            Duration::ZERO,
+        );
+        let max_body_bytes = problems.or(
+            optional(&self.max_body_bytes, DEFAULT_MAX_BODY_BYTES, |raw| {
+                parse_in::<usize>(
+                    &setting::MAX_BODY_BYTES,
                     raw,
+                    |n| *n >= 1024,
+                    "a number of bytes, at least 1024",
+                )
+            }),
+            0,
+        );
+        let max_connections = problems.or(
+            optional(&self.max_connections, DEFAULT_MAX_CONNECTIONS, |raw| {
+                parse_in::<usize>(
+                    &setting::MAX_CONNECTIONS,
+                    raw,
+                    |n| (1..=MAX_MAX_CONNECTIONS).contains(n),
+                    format!("a whole number of connections from 1 to {MAX_MAX_CONNECTIONS}"),
+                )
+            }),
+            0,
+        );
+        let listen_addr = problems.or(
+            optional(&self.listen_addr, IpAddr::from([0, 0, 0, 0]), |raw| {
+                parse_in::<IpAddr>(
+                    &setting::LISTEN_ADDR,
+                    raw,
+                    |_| true,
                     "an IP address such as 0.0.0.0 or 127.0.0.1",
                 )
-            })?,
-        };
-        let force_update_file = self
-            .force_update_file
-            .clone()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from(protocol::FORCE_UPDATE_FILE));
+            }),
+            IpAddr::from([0, 0, 0, 0]),
+        );
+        let force_update_file = PathBuf::from(
+            non_empty(&self.force_update_file).unwrap_or(protocol::FORCE_UPDATE_FILE),
+        );
 
         let tls = if use_ssl {
-            let cert = self
-                .tls_cert
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(protocol::DEFAULT_TLS_CERT));
-            let key = self
-                .tls_key
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(protocol::DEFAULT_TLS_KEY));
-            Some(Arc::new(load_tls(&cert, &key)?))
+            let cert = non_empty(&self.tls_cert).unwrap_or(protocol::DEFAULT_TLS_CERT);
+            let key = non_empty(&self.tls_key).unwrap_or(protocol::DEFAULT_TLS_KEY);
+            problems
+                .check(load_tls(
+                    std::path::Path::new(cert),
+                    std::path::Path::new(key),
+                ))
+                .map(Arc::new)
         } else {
             None
         };
 
-        Ok(WorkerConfig {
-            container_id,
-            report_addrs,
-            master_token,
-            listen_addr,
-            worker_port,
-            http_port,
-            control_port,
-            worker_url,
-            tls,
-            unsecured,
-            bind_auth_url,
-            health,
-            health_interval,
-            max_sessions,
-            max_body_bytes,
-            max_connections,
-            force_update_file,
-            busy_poll,
-        })
+        match (worker_port, http_port, public_port, public_ip, control_port) {
+            (
+                Some(worker_port),
+                Some(http_port),
+                Some(public_port),
+                Some(public_ip),
+                Some(control_port),
+            ) if problems.0.is_empty() => Ok(WorkerConfig {
+                container_id,
+                report_addrs,
+                master_token,
+                listen_addr,
+                worker_port,
+                http_port,
+                control_port,
+                worker_url: protocol::worker_url(use_ssl, public_ip, public_port),
+                tls,
+                unsecured,
+                bind_auth_url,
+                health,
+                health_interval,
+                max_sessions,
+                max_body_bytes,
+                max_connections,
+                force_update_file,
+                busy_poll,
+            }),
+            _ => Err(ConfigErrors(problems.0)),
+        }
     }
 }
 
@@ -575,14 +757,14 @@ pub fn load_tls(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<rustls::ServerConfig, ConfigError> {
-    const CERT_VAR: &str = "NULLWORKER_TLS_CERT (--tls-cert)";
-    const KEY_VAR: &str = "NULLWORKER_TLS_KEY (--tls-key)";
+    let cert_var = setting::TLS_CERT.label();
+    let key_var = setting::TLS_KEY.label();
     let cert_shown = cert.display().to_string();
     let key_shown = key.display().to_string();
 
     let cert_pem = std::fs::read(cert).map_err(|e| {
         ConfigError::invalid(
-            CERT_VAR,
+            &cert_var,
             &cert_shown,
             format!("a readable PEM certificate file with USE_SSL=true ({e})"),
         )
@@ -591,30 +773,32 @@ pub fn load_tls(
         .collect::<Result<_, _>>()
         .map_err(|e| {
             ConfigError::invalid(
-                CERT_VAR,
+                &cert_var,
                 &cert_shown,
                 format!("a PEM certificate chain ({e})"),
             )
         })?;
     if chain.is_empty() {
         return Err(ConfigError::invalid(
-            CERT_VAR,
+            &cert_var,
             &cert_shown,
             "a PEM file with at least one CERTIFICATE block",
         ));
     }
     let key_pem = std::fs::read(key).map_err(|e| {
         ConfigError::invalid(
-            KEY_VAR,
+            &key_var,
             &key_shown,
             format!("a readable PEM private key file with USE_SSL=true ({e})"),
         )
     })?;
     let private_key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| ConfigError::invalid(KEY_VAR, &key_shown, format!("a PEM private key ({e})")))?
+        .map_err(|e| {
+            ConfigError::invalid(&key_var, &key_shown, format!("a PEM private key ({e})"))
+        })?
         .ok_or_else(|| {
             ConfigError::invalid(
-                KEY_VAR,
+                &key_var,
                 &key_shown,
                 "a PEM file with a PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block",
             )
@@ -623,13 +807,13 @@ pub fn load_tls(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| {
-            ConfigError::invalid(CERT_VAR, &cert_shown, format!("usable TLS settings ({e})"))
+            ConfigError::invalid(&cert_var, &cert_shown, format!("usable TLS settings ({e})"))
         })?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
         .map_err(|e| {
             ConfigError::invalid(
-                KEY_VAR,
+                &key_var,
                 &key_shown,
                 format!("the private key matching {cert_shown} ({e})"),
             )
@@ -753,6 +937,86 @@ mod tests {
             msg.contains("NULLWORKER_TLS_CERT") && msg.contains("/nonexistent/cert.pem"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_in_table_order() {
+        let args = ServeArgs {
+            worker_port: Some("abc".into()),
+            unsecured: Some("maybe".into()),
+            max_connections: Some("0".into()),
+            ..ServeArgs::default()
+        };
+        let err = args.validate().unwrap_err();
+        let messages: Vec<String> = err.messages().collect();
+        let expected = [
+            "CONTAINER_ID (--container-id) is not set",
+            "REPORT_ADDR (--report-addr) is not set",
+            "WORKER_PORT (--worker-port)=\"abc\"",
+            "PUBLIC_IPADDR (--public-ipaddr) is not set",
+            "UNSECURED (--unsecured)=\"maybe\"",
+            "NULLWORKER_MAX_CONNECTIONS (--max-connections)=\"0\"",
+        ];
+        assert_eq!(messages.len(), expected.len(), "{messages:#?}");
+        for (message, start) in messages.iter().zip(expected) {
+            assert!(
+                message.starts_with(start),
+                "{message:?} should start with {start:?}"
+            );
+        }
+        assert_eq!(err.to_string().lines().count(), expected.len());
+    }
+
+    #[test]
+    fn dependent_checks_still_run_beside_other_problems() {
+        let mut a = base();
+        a.container_id = None;
+        a.worker_http_port = Some("3000".into());
+        a.control_port = Some("3000".into());
+        let messages: Vec<String> = a.validate().unwrap_err().messages().collect();
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(
+            messages[1].contains("different from WORKER_PORT"),
+            "{messages:#?}"
+        );
+        assert!(messages[2].contains("NULL_CONTROL_PORT"), "{messages:#?}");
+    }
+
+    #[test]
+    fn the_table_names_each_setting_once_with_protocol_variables() {
+        let mut ids = std::collections::HashSet::new();
+        let mut flags = std::collections::HashSet::new();
+        let mut envs = std::collections::HashSet::new();
+        for s in SETTINGS {
+            assert!(ids.insert(s.id), "{s:?}");
+            assert!(flags.insert(s.flag), "{s:?}");
+            if let Some(env) = s.env {
+                assert!(envs.insert(env), "{s:?}");
+                assert!(
+                    protocol::WORKER_ENV_VARS.contains(&env) || env.starts_with("NULLWORKER_"),
+                    "{env} is neither a protocol variable nor one of ours"
+                );
+            }
+            let mut args = ServeArgs::default();
+            assert!(args.set(s.id, "x".into()), "{s:?}");
+            assert_eq!(args.get(s.id), Some("x"));
+        }
+        for var in protocol::WORKER_ENV_VARS {
+            assert!(envs.contains(var), "{var} has no setting");
+        }
+        assert!(!ServeArgs::default().set("no_such_setting", "x".into()));
+    }
+
+    #[test]
+    fn debug_output_hides_the_master_token() {
+        let mut a = base();
+        a.master_token = Some("very-secret".into());
+        let shown = format!("{a:?}");
+        assert!(
+            !shown.contains("very-secret") && shown.contains("master_token"),
+            "{shown}"
+        );
+        assert!(shown.contains("203.0.113.10"), "{shown}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! It holds Vast Serverless sessions (reservations) open, reports its load to
 //! the engine and lets the local queue consumer release its session. Modules:
 //!
-//! * [`config`] — flags and environment variables, validated into a `WorkerConfig`.
+//! * [`config`] — the settings table (flags and environment variables), validated into a `WorkerConfig`.
 //! * [`clock`] — epoch timestamps derived from tokio's (pausable) clock.
 //! * [`sessions`] — the session table: capacity, extension, deadlines, `session_auth`.
 //! * [`metrics`] — load accounting and report contents.
@@ -13,7 +13,9 @@
 //! * [`http`] — the public, HTTP-only and control routers and the connection server.
 //! * [`memory`] — open-connection counts, and returning freed heap after a burst.
 //! * [`run`] — lifecycle: bind, start the tasks, graceful shutdown.
-//! * [`cli`] — `nullworker serve` and `nullworker release`.
+//!
+//! The command line (`nullworker serve`, `nullworker release`) lives in the
+//! `nullworker` CLI crate, built from [`config::SETTINGS`].
 
 pub mod app;
 pub mod busy_poll;

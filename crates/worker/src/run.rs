@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{App, CloseReason};
 use crate::busy_poll::BusyPoll;
 use crate::clock::Clock;
-use crate::config::WorkerConfig;
+use crate::config::{setting, Setting, WorkerConfig};
 use crate::http::serve::ServeContext;
 use crate::memory::ConnGauge;
 use crate::{health, http, reporter};
@@ -32,16 +32,29 @@ const SHUTDOWN_TASKS_BUDGET: Duration = Duration::from_secs(2);
 /// The worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// A listener could not be bound.
-    #[error("cannot listen on {addr} ({what}): {source}")]
+    /// A listener could not be bound. One line naming the listener, its
+    /// setting, the address and why (`address already in use` when taken:
+    /// the engine looks for those words in a launch-failure report).
+    #[error("cannot listen on {addr} for the {what}, {setting}: {}", bind_reason(.error))]
     Bind {
         /// Which listener.
         what: &'static str,
+        /// The setting that chose its port (`WORKER_PORT (--worker-port)`).
+        setting: String,
         /// The address.
         addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
+        /// The OS error (part of the message, so not a separate source).
+        error: std::io::Error,
     },
+}
+
+/// Why a bind failed, in words: `address already in use` for a taken port
+/// (without the OS error number), else the OS error.
+fn bind_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_owned(),
+        _ => error.to_string(),
+    }
 }
 
 /// The three bound listeners.
@@ -55,10 +68,19 @@ pub struct Listeners {
     pub control: TcpListener,
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {
+async fn bind(
+    what: &'static str,
+    setting: &Setting,
+    addr: SocketAddr,
+) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| RunError::Bind { what, addr, source })
+        .map_err(|error| RunError::Bind {
+            what,
+            setting: setting.label(),
+            addr,
+            error,
+        })
 }
 
 impl Listeners {
@@ -66,17 +88,20 @@ impl Listeners {
     /// be up before the worker can be ready).
     pub async fn bind(config: &WorkerConfig) -> Result<Self, RunError> {
         let control = bind(
-            "control server, NULL_CONTROL_PORT",
+            "control server",
+            &setting::NULL_CONTROL_PORT,
             SocketAddr::from(([127, 0, 0, 1], config.control_port)),
         )
         .await?;
         let public = bind(
-            "public listener, WORKER_PORT",
+            "public listener",
+            &setting::WORKER_PORT,
             SocketAddr::new(config.listen_addr, config.worker_port),
         )
         .await?;
         let http_only = bind(
-            "HTTP-only listener, WORKER_HTTP_PORT",
+            "HTTP-only listener",
+            &setting::WORKER_HTTP_PORT,
             SocketAddr::new(config.listen_addr, config.http_port),
         )
         .await?;

@@ -457,7 +457,10 @@ fn engine_relaunches_a_worker_whose_port_is_taken_without_backoff() {
     });
     assert_eq!(b["spawns"], json!(4), "{b}");
     let error = b["last_error"].as_str().unwrap_or_default();
-    assert!(error.contains("Address already in use"), "{b}");
+    assert!(
+        error.contains("WORKER_PORT") && error.contains("address already in use"),
+        "{b}"
+    );
     drop(held);
 }
 

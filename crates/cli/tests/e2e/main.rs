@@ -12,6 +12,7 @@ mod endpoint_cli;
 mod engine;
 mod examples;
 mod interop;
+mod output;
 mod queue_cli;
 mod queue_flow;
 mod vast_boot;

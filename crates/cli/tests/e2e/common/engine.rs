@@ -62,9 +62,19 @@ impl EngineGuard {
         Self::start_with_fd_limit(state_dir, args, None)
     }
 
+    /// Like [`start_in`](Self::start_in), the engine's stderr going to
+    /// `stderr` (a file or a pipe) instead of the test's.
+    pub fn start_with_stderr(state_dir: &Path, args: &[&str], stderr: Stdio) -> Self {
+        Self::spawn(state_dir, args, None, stderr)
+    }
+
     /// Like [`start_in`](Self::start_in), the engine limited to `nofile`
     /// open file descriptors (soft and hard) when given.
     pub fn start_with_fd_limit(state_dir: &Path, args: &[&str], nofile: Option<u64>) -> Self {
+        Self::spawn(state_dir, args, nofile, Stdio::inherit())
+    }
+
+    fn spawn(state_dir: &Path, args: &[&str], nofile: Option<u64>, stderr: Stdio) -> Self {
         let mut cmd = nullworker();
         if let Some(n) = nofile {
             use std::os::unix::process::CommandExt;
@@ -107,7 +117,7 @@ impl EngineGuard {
             .env_remove("NULLWORKER_WORKER_COMMAND")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let mut child = ChildGuard::spawn(cmd);
         let rx = child.stdout_lines();
         let mut lines = Vec::new();

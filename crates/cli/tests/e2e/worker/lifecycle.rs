@@ -1,5 +1,5 @@
-//! Start-up and shut-down: configuration errors (one line, exit 2, a beacon
-//! to the engine), readiness and health transitions, TLS with a self-signed
+//! Start-up and shut-down: configuration errors (one line per bad value,
+//! exit 2, a beacon to the engine), readiness and health transitions, TLS with a self-signed
 //! certificate, graceful shutdown on SIGTERM/SIGINT, and reports when quiet
 //! and after work. (The CPU time of busy polling and the heartbeat interval
 //! are benchmark figures, in benches/worker.rs.)
@@ -110,6 +110,50 @@ fn bad_configuration_exits_2_naming_the_value() {
     let line = config_error(&engine, &[], &["CONTAINER_ID"]);
     assert!(line.contains("CONTAINER_ID"), "{line}");
     assert_eq!(engine.statuses().len(), before);
+}
+
+#[test]
+fn every_bad_variable_is_reported_at_once_one_line_each() {
+    let engine = FakeEngine::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = WorkerSpec::new(&engine)
+        .env("WORKER_PORT", "eighty")
+        .env("UNSECURED", "sometimes")
+        .env("NULLWORKER_MAX_SESSIONS", "-2");
+    let (mut cmd, ..) = worker_command(&spec, dir.path());
+    cmd.env_remove("PUBLIC_IPADDR");
+    let out = cmd.output().expect("run nullworker serve");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("nullworker: error:"))
+        .collect();
+    let expected = [
+        "WORKER_PORT (--worker-port)=\"eighty\"",
+        "PUBLIC_IPADDR (--public-ipaddr) is not set",
+        "UNSECURED (--unsecured)=\"sometimes\"",
+        "NULLWORKER_MAX_SESSIONS (--max-sessions)=\"-2\"",
+    ];
+    assert_eq!(lines.len(), expected.len(), "{stderr}");
+    for (line, part) in lines.iter().zip(expected) {
+        assert!(line.contains(part), "{line:?} should name {part}");
+    }
+    // One launch-failure report carries them all.
+    let beacons: Vec<String> = engine
+        .statuses()
+        .into_iter()
+        .filter_map(|s| s["error_msg"].as_str().map(str::to_owned))
+        .filter(|m| m.starts_with("Worker Server failed to launch: "))
+        .collect();
+    assert_eq!(beacons.len(), 1, "{beacons:?}");
+    for part in expected {
+        assert!(
+            beacons[0].contains(part),
+            "{} should name {part}",
+            beacons[0]
+        );
+    }
 }
 
 #[test]
