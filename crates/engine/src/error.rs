@@ -34,8 +34,9 @@ pub enum EngineError {
         /// What went wrong.
         reason: String,
     },
-    /// The HTTP listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// The HTTP listener could not be bound. The OS error is the source,
+    /// so an error chain names it once.
+    #[error("cannot listen on {addr}")]
     Listen {
         /// The address asked for.
         addr: std::net::SocketAddr,

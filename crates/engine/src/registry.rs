@@ -856,7 +856,7 @@ pub const MAX_PORT_RELAUNCHES: u32 = 3;
 
 /// Whether a report's `error_msg` says the worker could not bind a port
 /// because it is in use (the worker's launch-failure report: `cannot listen
-/// on 127.0.0.1:<port> (...): Address already in use (os error 98)`).
+/// on 127.0.0.1:<port> for the ..., WORKER_PORT: address already in use`).
 fn port_taken(error_msg: &str) -> bool {
     error_msg
         .to_ascii_lowercase()
