@@ -81,6 +81,16 @@ impl Command {
         matches!(self, Self::Serve(_) | Self::Release(_))
     }
 
+    /// Whether the command only prints data and holds nothing open (no
+    /// session, worker or job), so a closed output pipe may simply end it:
+    /// see [`crate::exit::end_quietly_on_closed_pipe`].
+    pub fn only_prints(&self) -> bool {
+        matches!(
+            self,
+            Self::Endpoint(_) | Self::Completions(_) | Self::Man(_)
+        )
+    }
+
     /// Runs a command that needs no async runtime (help output generators);
     /// `None` for every other command.
     pub fn run_sync(&self) -> Option<anyhow::Result<ExitCode>> {

@@ -26,6 +26,19 @@ EXIT CODES (every command):
        of range, invalid variable (one line per bad value names it); nothing started
   130  interrupted (Ctrl-C or SIGTERM) before the work was done";
 
+/// Gives SIGPIPE back its default action, so that a command whose output
+/// is cut short by its reader (`nullworker endpoint list | head -1`) ends
+/// quietly, as `ls` or `cat` do, instead of failing on its next write. Only
+/// for commands that print data and hold nothing open: Rust ignores SIGPIPE
+/// so that servers see a closed socket as an error, which the engine, the
+/// worker and the session holders need.
+pub fn end_quietly_on_closed_pipe() {
+    // SAFETY: signal(2) with SIG_DFL, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,9 @@ use nullworker::cli::Cli;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        nullworker::exit::end_quietly_on_closed_pipe();
+    }
     // Before any thread exists: the environment is process-wide.
     nullworker::logging::export_format(cli.log_format);
     nullworker::logging::init(cli.command.default_log_level(), cli.log_format);

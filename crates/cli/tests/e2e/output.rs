@@ -315,6 +315,29 @@ fn completions_and_man_page_are_printed() {
     assert!(String::from_utf8_lossy(&man.stdout).contains(".TH nullworker 1"));
 }
 
+/// A command that prints data ends quietly when its reader goes away, as
+/// with `nullworker man | head -1`: no error line, no panic, no failure code.
+#[test]
+fn a_printing_command_ends_quietly_when_its_pipe_closes() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = nullworker()
+        .arg("man")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader closes before (or while) the page is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.is_empty(), "{stderr}");
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+        "{:?}",
+        out.status
+    );
+}
+
 /// The documented `max_workers` limit is the one the engine enforces.
 #[test]
 fn the_documented_max_workers_limit_is_the_engines() {
