@@ -226,7 +226,13 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let client = args.target.client()?;
+    let (client, account_key) = match args.target.client() {
+        Ok(target) => target,
+        Err(err) => {
+            eprintln!("nullworker: error: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     let queue = nullworker_queue::open(&url, OpenMode::Existing)
         .await
         .map_err(|e| anyhow::anyhow!("cannot open the queue {url}: {e}"))?;
@@ -248,7 +254,7 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
     if let Some(engine) = local_engine(client.webserver_url()) {
         tokio::spawn(report_to_engine(
             engine,
-            args.target.api_key.clone(),
+            account_key,
             endpoint.name().to_owned(),
             metrics.clone(),
             stop.shutdown.clone(),
@@ -473,7 +479,7 @@ mod tests {
         assert_eq!(args.poll_interval, Duration::from_millis(20));
         assert_eq!(args.check_interval, Duration::from_secs(1));
         assert_eq!(args.drain_timeout, None);
-        assert_eq!(args.target.instance, nullworker_client::Instance::Local);
+        assert_eq!(args.target.instance, None);
         let options = args.session_options();
         assert!(options.keep_alive);
         assert_eq!(options.check_interval, Some(Duration::from_secs(1)));

@@ -16,10 +16,12 @@ pub mod dispatch;
 pub mod endpoint;
 pub mod engine;
 pub mod exit;
+pub mod key;
 pub mod logging;
 pub mod manual;
 pub mod queue;
 pub mod serve;
+pub mod target;
 
 use std::process::ExitCode;
 

@@ -121,29 +121,29 @@ pub struct ClientArgs {
 /// by `nullworker client` and `nullworker dispatch`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TargetArgs {
-    /// Route service deployment: `prod` (https://run.vast.ai), `alpha`,
-    /// `candidate`, or `local` (a `nullworker engine` at http://127.0.0.1:8080,
-    /// which serves both the route service and the web API). `prod`, `alpha`
-    /// and `candidate` use https://console.vast.ai as the web API.
-    #[arg(long, default_value = "local", value_parser = parse_instance, value_name = "NAME")]
-    pub instance: Instance,
+    /// Deployment: `prod` (route service https://run.vast.ai, web API
+    /// https://console.vast.ai), `alpha`, `candidate`, or `local` (a
+    /// nullworker engine at http://127.0.0.1:8080, which serves both).
+    /// Default: --engine-url, else NULLWORKER_ENGINE_URL, else local.
+    #[arg(long, value_parser = parse_instance, value_name = "NAME", conflicts_with = "engine_url")]
+    pub instance: Option<Instance>,
+
+    /// Base URL of a nullworker engine (both Vast APIs on one URL).
+    /// Default: NULLWORKER_ENGINE_URL, else `--instance local`.
+    #[arg(long, value_name = "URL")]
+    pub engine_url: Option<String>,
 
     /// Account api key (not an endpoint key; endpoint keys are looked up).
-    #[arg(
-        long,
-        env = "VAST_API_KEY",
-        value_name = "KEY",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true
-    )]
-    pub api_key: String,
+    /// Default: VAST_API_KEY, then the local engine's own key (for a target
+    /// on this machine), then Vast's CLI key files (docs/cli.md).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
 
-    /// Route service base URL (overrides --instance).
+    /// Route service base URL (overrides --instance and --engine-url).
     #[arg(long, value_name = "URL")]
     pub autoscaler_url: Option<String>,
 
-    /// Web API base URL (overrides --instance).
+    /// Web API base URL (overrides --instance and --engine-url).
     #[arg(long, value_name = "URL")]
     pub webserver_url: Option<String>,
 
@@ -152,10 +152,24 @@ pub struct TargetArgs {
     pub ca_cert: Option<PathBuf>,
 }
 
+/// The connection flags cannot be used: a usage error (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No account key anywhere.
+    #[error(transparent)]
+    NoKey(#[from] crate::key::NoKey),
+    /// A URL or CA file the SDK refuses.
+    #[error(transparent)]
+    Client(#[from] nullworker_client::Error),
+}
+
 impl TargetArgs {
-    /// Builds the SDK client from the connection flags.
-    pub fn client(&self) -> Result<Client, nullworker_client::Error> {
-        let mut builder = Client::builder(self.api_key.clone()).instance(self.instance);
+    /// Builds the SDK client from the connection flags; also returns the
+    /// account key it uses.
+    pub fn client(&self) -> Result<(Client, String), TargetError> {
+        let resolved =
+            crate::target::resolve(self.instance, self.engine_url.clone(), self.api_key.clone())?;
+        let mut builder = resolved.builder;
         if let Some(url) = &self.autoscaler_url {
             builder = builder.autoscaler_url(url.clone());
         }
@@ -165,7 +179,7 @@ impl TargetArgs {
         if let Some(path) = &self.ca_cert {
             builder = builder.extra_root_ca(path.clone());
         }
-        builder.build()
+        Ok((builder.build()?, resolved.key))
     }
 }
 
@@ -260,7 +274,13 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_USAGE));
         }
     };
-    let client = args.target.client()?;
+    let client = match args.target.client() {
+        Ok((client, _key)) => client,
+        Err(err) => {
+            eprintln!("nullworker: error: {err}");
+            return Ok(ExitCode::from(EXIT_USAGE));
+        }
+    };
     // The lookup retries for 12 to 16 s: say at once that the engine does
     // not answer, instead of a blank screen until the error.
     let json = config.json;

@@ -8,7 +8,6 @@
 //! value out of range, no account key).
 
 mod follow;
-mod key;
 mod render;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,8 +20,8 @@ use nullworker_engine::endpoint::{preset, MAX_MAX_WORKERS, PRESETS};
 use nullworker_engine::policy::{MAX_DURATION, MAX_LOAD};
 use nullworker_protocol::{EndpointParams, EndpointState};
 
+use crate::key::KeySource;
 use follow::LogFollower;
-use key::{read_engine_key, read_key_file, KeyLookup, KeySource};
 use render::{
     config_text, effective_config, endpoints_table, engine_defaults, param_values, workers_table,
     Source, WorkerRow,
@@ -345,57 +344,18 @@ struct Target {
 
 impl EndpointArgs {
     fn target(&self) -> anyhow::Result<Target> {
-        // clap refuses both flags; an explicit --instance beats
-        // NULLWORKER_ENGINE_URL (read here, so that it does not conflict).
-        let env_url = std::env::var("NULLWORKER_ENGINE_URL")
-            .ok()
-            .filter(|u| !u.is_empty());
-        let (instance, url) = match (self.instance, self.engine_url.clone().or(env_url)) {
-            (Some(instance), _) => (Some(instance), None),
-            (None, Some(url)) => (None, Some(url)),
-            (None, None) => (Some(Instance::Local), None),
-        };
-        let local = match (&url, instance) {
-            (Some(url), _) => is_loopback(url),
-            (None, instance) => instance == Some(Instance::Local),
-        };
-        let (key, key_source) = KeyLookup::from_env(self.api_key.clone(), local)
-            .find(read_key_file, read_engine_key)
-            .map_err(|e| UsageError(e.to_string()))?;
-        let mut builder = Client::builder(key);
-        if let Some(instance) = instance {
-            builder = builder.instance(instance);
-        }
-        if let Some(url) = &url {
-            builder = builder
-                .autoscaler_url(url.clone())
-                .webserver_url(url.clone());
-        }
-        let client = builder
+        let resolved =
+            crate::target::resolve(self.instance, self.engine_url.clone(), self.api_key.clone())
+                .map_err(|e| UsageError(e.to_string()))?;
+        let client = resolved
+            .builder
             .build()
             .map_err(|e| UsageError(format!("--engine-url: {e}")))?;
         Ok(Target {
             web: client.webserver_url().to_owned(),
             client,
-            key_source,
+            key_source: resolved.key_source,
         })
-    }
-}
-
-/// Whether `url`'s host is this machine (then the engine's own key is
-/// looked for).
-fn is_loopback(url: &str) -> bool {
-    let Ok(parsed) = reqwest::Url::parse(url) else {
-        return false;
-    };
-    match parsed.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
     }
 }
 
@@ -936,18 +896,5 @@ mod tests {
         let help = flat(Cli::command().render_long_help().to_string());
         assert!(help.contains("EXIT CODES"), "{help}");
         assert!(help.contains("~/.config/vastai/vast_api_key"), "{help}");
-    }
-
-    #[test]
-    fn loopback_targets_are_local() {
-        for (url, local) in [
-            ("http://127.0.0.1:8080", true),
-            ("http://localhost:1", true),
-            ("http://[::1]:1", true),
-            ("https://console.vast.ai", false),
-            ("not a url", false),
-        ] {
-            assert_eq!(is_loopback(url), local, "{url}");
-        }
     }
 }

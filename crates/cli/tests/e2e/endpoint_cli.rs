@@ -398,3 +398,51 @@ fn endpoint_logs_follow_prints_new_lines_across_a_rotation() {
         );
     }
 }
+
+/// `nullworker client` and `dispatch` find the key and the engine as
+/// `endpoint` does: `--engine-url` and Vast's key file, or a usage error
+/// naming the places looked at.
+#[test]
+fn client_and_dispatch_find_the_key_and_engine_as_endpoint_does() {
+    let engine = EngineGuard::start();
+    let ep = engine.create_seed_endpoint("keyed", json!({}));
+    let home = tempfile::tempdir().unwrap();
+    let run = |command: &str, args: &[&str]| {
+        let mut cmd = nullworker();
+        cmd.env("HOME", home.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("VAST_API_KEY")
+            .env("NULLWORKER_STATE_DIR", home.path().join("none"))
+            .arg(command)
+            .args(["--endpoint", &ep.name, "--engine-url", &engine.url])
+            .args(args);
+        cmd.output().unwrap()
+    };
+    let client_args = ["--count", "1", "--hold", "0.2", "--json"];
+    let dispatch_args = ["--queue", "sqlite:///nonexistent-dir/q.db?queue=jobs"];
+
+    for (command, args) in [
+        ("client", &client_args[..]),
+        ("dispatch", &dispatch_args[..]),
+    ] {
+        let out = run(command, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("no account key found") && stderr.contains(".vast_api_key"),
+            "{command}: {stderr}"
+        );
+    }
+
+    let xdg = home.path().join(".config/vastai");
+    std::fs::create_dir_all(&xdg).unwrap();
+    std::fs::write(xdg.join("vast_api_key"), format!("{ACCOUNT_KEY}\n")).unwrap();
+    let out = run("client", &client_args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"event\":\"held\""), "{stdout}");
+}

@@ -1,4 +1,5 @@
-//! Where `nullworker endpoint` finds the account key, in order: `--api-key`,
+//! Where `nullworker endpoint`, `client` and `dispatch` find the account
+//! key, in order: `--api-key`,
 //! `VAST_API_KEY`, the local engine's own key (only when the target is a
 //! loopback engine), then the files of Vast's CLI (`vastai set api-key`):
 //! `$XDG_CONFIG_HOME/vastai/vast_api_key` (else
