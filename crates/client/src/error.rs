@@ -171,11 +171,18 @@ pub enum Error {
 }
 
 fn body_suffix(body: &str) -> String {
-    if body.trim().is_empty() {
-        " (empty body)".to_owned()
-    } else {
-        format!(": {}", body.trim())
+    let body = body.trim();
+    if body.is_empty() {
+        return " (empty body)".to_owned();
     }
+    // Vast's web API (and the local engine) explain a refusal in `msg`
+    // (`{"success": false, "error": "duplicate", "msg": "..."}`): show the
+    // sentence, not the JSON around it.
+    let msg = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_owned))
+        .filter(|m| !m.trim().is_empty());
+    format!(": {}", msg.as_deref().unwrap_or(body))
 }
 
 impl Error {
@@ -222,4 +229,26 @@ pub(crate) fn truncate_body(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_shows_its_message_not_its_json() {
+        let cases = [
+            ("", " (empty body)"),
+            (
+                r#"{"success":false,"error":"duplicate","msg":"an endpoint named \"a\" already exists"}"#,
+                r#": an endpoint named "a" already exists"#,
+            ),
+            (r#"{"error":"x"}"#, r#": {"error":"x"}"#),
+            (r#"{"msg":""}"#, r#": {"msg":""}"#),
+            ("plain text\n", ": plain text"),
+        ];
+        for (body, shown) in cases {
+            assert_eq!(body_suffix(body), shown, "{body}");
+        }
+    }
 }

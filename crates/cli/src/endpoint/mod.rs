@@ -80,6 +80,7 @@ enum EndpointCommand {
     #[command(after_help = CREATE_HELP)]
     Create {
         /// Endpoint name ([a-zA-Z0-9_-], at most 255 characters).
+        #[arg(value_parser = parse_name)]
         name: String,
         /// Start from a named configuration; `seed` is the Null PyWorker's
         /// tested one (its values are shown with each flag).
@@ -327,6 +328,14 @@ impl ParamArgs {
                 .then(|| self.worker_env.iter().cloned().collect::<BTreeMap<_, _>>()),
         }
     }
+}
+
+/// Checks an endpoint name by the engine's rule before anything is sent
+/// (clap value parser: a bad name is a usage error).
+fn parse_name(name: &str) -> Result<String, String> {
+    nullworker_engine::endpoint::validate_name(name)
+        .map(|()| name.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Bad input found after parsing: exit code 2.
@@ -844,6 +853,16 @@ mod tests {
         assert!(!text.contains("--api-key"), "{text}");
         let err = parse(&["--instance", "prod", "--engine-url", "http://h", "list"]).unwrap_err();
         assert!(err.to_string().contains("cannot be used with"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_name_is_refused_before_anything_is_sent() {
+        for bad in ["bad name", "", "a/b"] {
+            let err = parse(&["create", bad]).unwrap_err();
+            assert_eq!(err.exit_code(), i32::from(EXIT_USAGE), "{bad:?}");
+            assert!(err.to_string().contains("[a-zA-Z0-9_-]"), "{err}");
+        }
+        assert!(parse(&["create", "ok_name-1"]).is_ok());
     }
 
     #[test]
