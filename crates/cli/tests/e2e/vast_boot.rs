@@ -14,8 +14,8 @@
 //!
 //! The wheel is `NULLWORKER_WHEEL` (scripts/test.sh builds it with
 //! scripts/build-wheel.sh and exports it; a relative path is taken from the
-//! repository root), else the newest of this version in
-//! `target/wheels/`. Without one, or without Python, git or the `vastai` SDK,
+//! repository root); a wheel left in `target/wheels/` is never picked up, as
+//! it may be older than the sources. Without one, or without Python, git or the `vastai` SDK,
 //! these tests fail with the command to run: they are never skipped.
 
 use std::path::{Path, PathBuf};
@@ -37,40 +37,22 @@ const WHEEL_HINT: &str = "build it with `scripts/build-wheel.sh` and export \
 /// The worker id the boot test gives its instance, far from the engine's own ids.
 const CONTAINER_ID: i64 = 910_001;
 
-/// The wheel under test.
+/// The wheel under test: only the one named by `NULLWORKER_WHEEL`, never a
+/// wheel lying in `target/wheels/`, which may have been built from older
+/// sources than the ones under test.
 fn wheel() -> PathBuf {
-    if let Some(path) = std::env::var_os("NULLWORKER_WHEEL").filter(|v| !v.is_empty()) {
-        // Relative to the repository root, where the scripts run (the test
-        // itself runs in crates/cli).
-        let path = repo_root().join(path);
-        assert!(
-            path.is_file(),
-            "NULLWORKER_WHEEL={} is not a file: {WHEEL_HINT}",
-            path.display()
-        );
-        return path;
-    }
-    let dir = repo_root().join("target/wheels");
-    let prefix = format!("nullworker-{VERSION}-");
-    let newest = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(&prefix) && name.ends_with(".whl")
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-    match newest {
-        Some(entry) => {
-            eprintln!("vast_boot: using {}", entry.path().display());
-            entry.path()
-        }
-        None => panic!(
-            "no nullworker {VERSION} wheel: NULLWORKER_WHEEL is unset and {} has none: {WHEEL_HINT}",
-            dir.display()
-        ),
-    }
+    let Some(path) = std::env::var_os("NULLWORKER_WHEEL").filter(|v| !v.is_empty()) else {
+        panic!("NULLWORKER_WHEEL is unset: {WHEEL_HINT}");
+    };
+    // Relative to the repository root, where the scripts run (the test
+    // itself runs in crates/cli).
+    let path = repo_root().join(path);
+    assert!(
+        path.is_file(),
+        "NULLWORKER_WHEEL={} is not a file: {WHEEL_HINT}",
+        path.display()
+    );
+    path
 }
 
 /// A Python 3 that makes the test venvs: `NULLWORKER_PYTHON`, else the
@@ -299,6 +281,10 @@ fn layout_requirements_pin_the_cargo_version() {
     assert!(
         text.lines().any(|l| l.trim() == "--find-links wheels"),
         "requirements.txt must look in wheels/ beside it"
+    );
+    assert!(
+        text.lines().any(|l| l.trim() == "--no-index"),
+        "requirements.txt must not ask an index, where another package could take the name"
     );
     assert!(repo_root().join("workers/null/worker.py").is_file());
 }
