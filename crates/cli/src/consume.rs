@@ -214,7 +214,7 @@ pub async fn run(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = health_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("binding the health endpoint on {addr}"))?;
+            .with_context(|| format!("--health-listen {addr}: cannot listen"))?;
         let bound = listener.local_addr().context("health endpoint address")?;
         tracing::info!("health endpoint on http://{bound}/health");
         serve_health(listener, Arc::clone(&health));

@@ -29,6 +29,8 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest `lines` a log request asks for (the engine's own bound).
 pub const MAX_LOG_LINES: u64 = 1_000_000;
+/// Largest log answer read (the engine sends at most 8 MiB at once).
+pub const MAX_LOG_BODY: usize = 16 * 1024 * 1024;
 
 /// What a create or update sends: the §11.1 parameters under their wire
 /// names, plus the worker template keys a local engine also accepts (the
@@ -331,11 +333,24 @@ impl Client {
             .map_err(|e| Error::transport(step.clone(), &base, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
+        // Read at most MAX_LOG_BODY: the engine caps its answers below that,
+        // so more is a peer that is not one.
+        let mut response = response;
+        let mut body = Vec::new();
+        while let Some(piece) = response
+            .chunk()
             .await
             .map_err(|e| Error::transport(step.clone(), &base, &e))?
-            .to_vec();
+        {
+            if body.len() + piece.len() > MAX_LOG_BODY {
+                return Err(Error::InvalidReply {
+                    step,
+                    url: base,
+                    reason: format!("a log answer over {MAX_LOG_BODY} bytes"),
+                });
+            }
+            body.extend_from_slice(&piece);
+        }
         match status {
             200..=299 => {}
             401 | 403 => {

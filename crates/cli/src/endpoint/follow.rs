@@ -9,6 +9,9 @@
 
 use nullworker_client::{LogChunk, LogRange};
 
+/// Longest unfinished line kept before it is printed as it is.
+const MAX_PENDING: usize = 1024 * 1024;
+
 /// Where a follower is in one log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogFollower {
@@ -38,9 +41,16 @@ impl LogFollower {
                 self.partial.clear();
             }
         }
-        self.offset = chunk.start + chunk.bytes.len() as u64;
+        // `start` comes from a header: never let it overflow.
+        self.offset = chunk.start.saturating_add(chunk.bytes.len() as u64);
         self.partial.extend_from_slice(&chunk.bytes);
         let Some(last) = self.partial.iter().rposition(|&b| b == b'\n') else {
+            // A line that never ends is shown in pieces rather than held
+            // in memory without bound.
+            if self.partial.len() > MAX_PENDING {
+                lines.push(String::from_utf8_lossy(&self.partial).into_owned());
+                self.partial.clear();
+            }
             return lines;
         };
         let rest = self.partial.split_off(last + 1);
@@ -62,7 +72,7 @@ mod tests {
         LogChunk {
             bytes: text.as_bytes().to_vec(),
             start,
-            length: start + text.len() as u64,
+            length: start.saturating_add(text.len() as u64),
         }
     }
 
@@ -93,5 +103,17 @@ mod tests {
         assert!(f.take(&chunk(11, "fi")).is_empty());
         assert_eq!(f.take(&chunk(0, "six\n")), vec!["fi", "six"]);
         assert_eq!(f.next(), LogRange::From(4));
+    }
+
+    #[test]
+    fn a_bad_offset_or_an_endless_line_is_bounded() {
+        let mut f = LogFollower::new();
+        assert!(f.take(&chunk(u64::MAX, "abc")).is_empty());
+        assert_eq!(f.next(), LogRange::From(u64::MAX));
+        let mut f = LogFollower::new();
+        let long = "x".repeat(MAX_PENDING + 1);
+        let lines = f.take(&chunk(0, &long));
+        assert_eq!(lines, std::slice::from_ref(&long));
+        assert_eq!(f.take(&chunk(long.len() as u64, "y\n")), ["y"]);
     }
 }

@@ -38,10 +38,11 @@ ACCOUNT KEY (first found):
   ~/.config/vastai/vast_api_key) and the legacy ~/.vast_api_key.
 
 EXIT CODES:
-  0  success
-  1  runtime failure: the engine or Vast is unreachable, it answered an error (4xx/5xx: an
-     unknown endpoint, a rejected key, a refused value), or delete refused (sessions held)
-  2  usage or bad input: unknown flag, missing name, a value out of range, no account key";
+  0    success
+  1    runtime failure: the engine or Vast is unreachable, it answered an error (4xx/5xx: an
+       unknown endpoint, a rejected key, a refused value), or delete refused (sessions held)
+  2    usage or bad input: unknown flag, missing name, a value out of range, no account key
+  130  interrupted (Ctrl-C), except `logs --follow`, which Ctrl-C ends with 0";
 
 const CREATE_HELP: &str = "\
 Parameters not given take the engine's defaults, which are Vast's (shown with each flag):
@@ -189,6 +190,8 @@ fn int_in(min: i64, max: i64) -> impl Fn(&str) -> Result<i64, String> + Clone + 
 fn range_text(v: f64) -> String {
     if v == MAX_DURATION {
         format!("{v} (30 days)")
+    } else if v == -MAX_DURATION {
+        format!("{v} (-30 days)")
     } else if v.abs() >= 1e6 {
         format!("{v:e}")
     } else {
@@ -203,12 +206,19 @@ fn num_in(
     min_open: bool,
 ) -> impl Fn(&str) -> Result<f64, String> + Clone + Send + Sync {
     move |s: &str| {
-        let expected = format!(
-            "expected a number {} {} to {}",
-            if min_open { "above" } else { "from" },
-            range_text(min),
-            range_text(max)
-        );
+        let expected = if min_open {
+            format!(
+                "expected a number above {} and at most {}",
+                range_text(min),
+                range_text(max)
+            )
+        } else {
+            format!(
+                "expected a number from {} to {}",
+                range_text(min),
+                range_text(max)
+            )
+        };
         let v: f64 = s.trim().parse().map_err(|_| expected.clone())?;
         let above_min = if min_open { v > min } else { v >= min };
         if v.is_finite() && above_min && v <= max {
@@ -394,7 +404,7 @@ impl Target {
 pub async fn endpoint(args: EndpointArgs) -> anyhow::Result<ExitCode> {
     match run(args).await {
         Err(err) if err.chain().any(|c| c.is::<UsageError>()) => {
-            eprintln!("nullworker endpoint: error: {err:#}");
+            eprintln!("nullworker: error: {err:#}");
             Ok(ExitCode::from(EXIT_USAGE))
         }
         other => other,
@@ -805,7 +815,7 @@ mod tests {
             ),
             (
                 vec!["--target-util", "0"],
-                vec!["--target-util", "above 0 to 1"],
+                vec!["--target-util", "above 0 and at most 1"],
             ),
             (vec!["--target-util", "NaN"], vec!["--target-util"]),
             (vec!["--cold-mult", "inf"], vec!["--cold-mult"]),

@@ -133,13 +133,13 @@ fn opt<T: ToString>(v: &Option<T>) -> String {
 /// The endpoint table: ID NAME STATE MAX COLD UTIL MAXQ INACT.
 pub fn endpoints_table(records: &[EndpointRecord]) -> String {
     let mut out = format!(
-        "{:<6} {:<24} {:<10} {:>5} {:>5} {:>7} {:>8} {:>8}\n",
+        "{:<6} {:<24} {:<10} {:>6} {:>6} {:>7} {:>8} {:>8}\n",
         "ID", "NAME", "STATE", "MAX", "COLD", "UTIL", "MAXQ", "INACT"
     );
     for e in records {
         let _ = writeln!(
             out,
-            "{:<6} {:<24} {:<10} {:>5} {:>5} {:>7} {:>8} {:>8}",
+            "{:<6} {:<24} {:<10} {:>6} {:>6} {:>7} {:>8} {:>8}",
             e.id,
             e.endpoint_name,
             opt(&e.endpoint_state),
