@@ -5,7 +5,11 @@
 //! Owns [`Display`] and [`Mode`]. It only consumes [`Event`]s; it never talks
 //! to the network. Live lines are fitted to the terminal's width (URLs lose
 //! their middle, other text its end), so a narrow terminal never wraps a row
-//! and every redraw moves the cursor up exactly the lines it drew.
+//! and every redraw moves the cursor up exactly the lines it drew. The live
+//! area is also kept below the terminal's height (a cursor cannot move up
+//! into the scrollback): with more sessions than rows, the sessions still
+//! under way are shown first, in order, then the ended ones, and one last
+//! line counts those left out by state.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -79,6 +83,12 @@ const DEFAULT_WIDTH: usize = 80;
 /// Narrowest width lines are fitted to.
 const MIN_WIDTH: usize = 20;
 
+/// The height of the terminal on stdout, if it is one.
+fn terminal_height() -> Option<usize> {
+    terminal_size::terminal_size_of(std::io::stdout())
+        .map(|(_, terminal_size::Height(h))| usize::from(h))
+}
+
 /// The width of the terminal on stdout.
 fn terminal_width() -> usize {
     terminal_size::terminal_size_of(std::io::stdout())
@@ -94,6 +104,7 @@ pub struct Display {
     rows: Vec<Row>,
     drawn_lines: usize,
     width: Box<dyn Fn() -> usize + Send>,
+    height: Box<dyn Fn() -> Option<usize> + Send>,
 }
 
 impl Display {
@@ -113,7 +124,14 @@ impl Display {
             rows,
             drawn_lines: 0,
             width: Box::new(terminal_width),
+            height: Box::new(terminal_height),
         }
+    }
+
+    /// Fits the live area to `height` rows instead of the terminal's.
+    pub fn with_height(mut self, height: usize) -> Self {
+        self.height = Box::new(move || Some(height));
+        self
     }
 
     /// Fits live lines to `width` columns instead of the terminal's.
@@ -290,17 +308,74 @@ impl Display {
         // One column spare: a line filling the last column makes some
         // terminals wrap, and the redraw would then stack duplicates.
         let width = self.width() - 1;
+        // One row spare for the cursor after the last line.
+        let room = (self.height)().map(|h| h.saturating_sub(1).max(2));
+        let (shown, left_out) = live_selection(&self.rows, room);
         let mut text = String::new();
-        for (i, row) in self.rows.iter().enumerate() {
-            let line = live_line(i as u32 + 1, row, now, &self.plan, width);
+        for &i in &shown {
+            let line = live_line(i as u32 + 1, &self.rows[i], now, &self.plan, width);
             let _ = writeln!(text, "\x1b[2K{line}");
+        }
+        if let Some(more) = &left_out {
+            let _ = writeln!(text, "\x1b[2K{}", clip(&more.line(), width));
         }
         if self.drawn_lines > 0 {
             let _ = write!(self.out, "\x1b[{}F", self.drawn_lines);
         }
         let _ = write!(self.out, "{text}");
-        self.drawn_lines = self.rows.len();
+        self.drawn_lines = shown.len() + usize::from(left_out.is_some());
     }
+}
+
+/// The sessions a live area of `room` lines leaves out, by state.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct LeftOut {
+    waiting: usize,
+    held: usize,
+    ended: usize,
+}
+
+impl LeftOut {
+    fn line(&self) -> String {
+        let total = self.waiting + self.held + self.ended;
+        let mut parts = Vec::new();
+        for (n, what) in [
+            (self.held, "held"),
+            (self.waiting, "waiting"),
+            (self.ended, "ended"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        format!("+{total} more: {}", parts.join(", "))
+    }
+}
+
+/// Which rows a live area of `room` lines shows (indexes, in order), and
+/// what it leaves out. Everything fits without a limit; else sessions under
+/// way come before ended ones, and the last line counts the rest.
+fn live_selection(rows: &[Row], room: Option<usize>) -> (Vec<usize>, Option<LeftOut>) {
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let Some(room) = room.filter(|&r| r < rows.len()) else {
+        return (all, None);
+    };
+    let ended = |row: &Row| matches!(row.state, RowState::Ended { .. } | RowState::Failed { .. });
+    let mut order: Vec<usize> = all.iter().copied().filter(|&i| !ended(&rows[i])).collect();
+    order.extend(all.iter().copied().filter(|&i| ended(&rows[i])));
+    let mut shown: Vec<usize> = order[..room - 1].to_vec();
+    shown.sort_unstable();
+    let mut left_out = LeftOut::default();
+    for &i in &order[room - 1..] {
+        match rows[i].state {
+            RowState::Held { .. } => left_out.held += 1,
+            RowState::Ended { .. } | RowState::Failed { .. } => left_out.ended += 1,
+            RowState::Pending | RowState::Routing { .. } | RowState::Waiting { .. } => {
+                left_out.waiting += 1
+            }
+        }
+    }
+    (shown, Some(left_out))
 }
 
 /// `line` cut to at most `width` characters, ending in `…` when cut.
@@ -432,6 +507,8 @@ pub fn plain_line(event: &Event) -> Option<String> {
         ),
         Event::Routing { t, session } => format!("[{t:7.1}s] session {session}: routing"),
         Event::Waiting { t, session, status } => {
+            // The engine's status starts with its own "waiting: ".
+            let status = status.strip_prefix("waiting: ").unwrap_or(status);
             format!("[{t:7.1}s] session {session}: waiting for a worker ({status})")
         }
         Event::Retrying { t, session, reason } => {
@@ -446,7 +523,8 @@ pub fn plain_line(event: &Event) -> Option<String> {
                     format!("[{t:7.1}s] session {session}: released by worker after {held_secs:.1} s")
                 }
                 Outcome::Closed => format!("[{t:7.1}s] session {session}: closed after {held_secs:.1} s held"),
-                Outcome::Interrupted if detail.is_some() => format!("[{t:7.1}s] session {session}: interrupted"),
+                // The detail says how ("interrupted before a worker was reserved").
+                Outcome::Interrupted if detail.is_some() => format!("[{t:7.1}s] session {session}"),
                 Outcome::Interrupted => format!("[{t:7.1}s] session {session}: interrupted, closed after {held_secs:.1} s held"),
                 other => format!("[{t:7.1}s] session {session}: {} after {held_secs:.1} s", other.describe()),
             };
@@ -686,6 +764,71 @@ mod tests {
     }
 
     #[test]
+    fn the_live_area_fits_the_terminal_height_and_counts_what_it_leaves_out() {
+        // Eight sessions: 1-3 held, 4 ended, 5-8 not started.
+        let run = |height: usize| {
+            let buffer = Buffer::default();
+            let plan = Plan { count: 8, ..plan() };
+            let mut display =
+                Display::new(Mode::Live, plan, Instant::now(), Box::new(buffer.clone()))
+                    .with_width(80)
+                    .with_height(height);
+            for session in 1..=3 {
+                display.handle(&Event::Held {
+                    t: 1.0,
+                    session,
+                    session_id: format!("id{session}"),
+                    worker_url: "http://127.0.0.1:9".into(),
+                    reserve_secs: 1.0,
+                });
+            }
+            display.handle(&Event::Held {
+                t: 1.0,
+                session: 4,
+                session_id: "id4".into(),
+                worker_url: "http://127.0.0.1:9".into(),
+                reserve_secs: 1.0,
+            });
+            display.handle(&Event::Ended {
+                t: 2.0,
+                session: 4,
+                how: Outcome::Closed,
+                held_secs: 1.0,
+                detail: None,
+                cause: None,
+            });
+            display.tick();
+            let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+            text
+        };
+
+        let text = run(6);
+        let ups = cursor_ups(&text);
+        assert!(!ups.is_empty(), "{text:?}");
+        // Never more than height - 1 lines, and each redraw moves up over
+        // exactly what was drawn.
+        assert!(ups.iter().all(|&n| n == 5), "{ups:?}");
+        let lines = visible_lines(&text);
+        let frame: Vec<&String> = lines.iter().rev().skip(1).take(5).collect();
+        let last = frame[0];
+        // Shown: sessions 1-3 held and 5 waiting; left out: 6-8 waiting, 4 ended.
+        assert_eq!(last, "+4 more: 3 waiting, 1 ended", "{frame:?}");
+        for n in [1, 2, 3, 5] {
+            let label = format!("session  {n}  ");
+            assert_eq!(
+                frame.iter().filter(|l| l.starts_with(&label)).count(),
+                1,
+                "{frame:?}"
+            );
+        }
+
+        // Room for all: every session, no summary line.
+        let text = run(40);
+        assert!(cursor_ups(&text).iter().all(|&n| n == 8));
+        assert!(!text.contains("more:"), "{text:?}");
+    }
+
+    #[test]
     fn live_lines_fit_narrow_and_wide_terminals_and_redraws_move_up_what_was_drawn() {
         for width in [60, 200] {
             let text = render(width);
@@ -800,9 +943,20 @@ mod tests {
         })
         .unwrap();
         assert!(
-            line.ends_with("session 1: interrupted: interrupted before a worker was reserved")
-                || line.contains("before a worker was reserved"),
+            line.ends_with("session 1: interrupted before a worker was reserved"),
             "{line}"
+        );
+        let waiting = plain_line(&Event::Waiting {
+            t: 1.0,
+            session: 2,
+            status: "waiting: max_workers reached (1 of 1 busy); 1 ready".into(),
+        })
+        .unwrap();
+        assert!(
+            waiting.ends_with(
+                "session 2: waiting for a worker (max_workers reached (1 of 1 busy); 1 ready)"
+            ),
+            "{waiting}"
         );
         assert!(!line.contains("closed"), "{line}");
     }
