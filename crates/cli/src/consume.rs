@@ -154,27 +154,19 @@ pub(crate) fn settings(
 
 /// First SIGTERM/SIGINT → `drain`; the second → `now` as well.
 fn watch_signals(stop: StopSignals) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::spawn(async move {
-        for first in [true, false] {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if first {
-                tracing::info!(
-                    "stop requested: no more jobs; a running job may finish within the grace"
-                );
-                stop.drain.cancel();
-            } else {
-                tracing::warn!("second stop request: skipping the grace");
-                stop.now.cancel();
-            }
-        }
-    });
-    Ok(())
+    let StopSignals { drain, now } = stop;
+    crate::signals::on_first_and_second(
+        move || {
+            tracing::info!(
+                "stop requested: no more jobs; a running job may finish within the grace"
+            );
+            drain.cancel();
+        },
+        move || {
+            tracing::warn!("second stop request: skipping the grace");
+            now.cancel();
+        },
+    )
 }
 
 /// Serves `GET /health` on `listener` until the process ends.

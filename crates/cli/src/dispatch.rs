@@ -408,27 +408,17 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Resul
 
 /// The first SIGINT or SIGTERM begins the drain; the second exits at once.
 fn watch_signals(stop: Stop) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    tokio::spawn(async move {
-        for round in 0..2 {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            if round == 0 {
-                eprintln!(
-                    "nullworker: stopping: no new sessions; held sessions are kept until their workers \
-                     release them (signal again to exit now)"
-                );
-                stop.shutdown.cancel();
-            } else {
-                stop.abort.cancel();
-            }
-        }
-    });
-    Ok(())
+    let Stop { shutdown, abort } = stop;
+    crate::signals::on_first_and_second(
+        move || {
+            eprintln!(
+                "nullworker: stopping: no new sessions; held sessions are kept until their workers \
+                 release them (signal again to exit now)"
+            );
+            shutdown.cancel();
+        },
+        move || abort.cancel(),
+    )
 }
 
 #[cfg(test)]

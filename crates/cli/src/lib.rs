@@ -21,6 +21,7 @@ pub mod logging;
 pub mod manual;
 pub mod queue;
 pub mod serve;
+pub mod signals;
 pub mod target;
 
 use std::process::ExitCode;

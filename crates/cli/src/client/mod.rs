@@ -351,26 +351,18 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<ExitCode> {
 /// once (code 130) on the second. The returned token is cancelled when a
 /// signal was received.
 fn watch_signals(cancel: CancellationToken) -> anyhow::Result<CancellationToken> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let received = CancellationToken::new();
     let flag = received.clone();
-    tokio::spawn(async move {
-        for round in 0..2 {
-            tokio::select! {
-                _ = interrupt.recv() => {}
-                _ = terminate.recv() => {}
-            }
-            if round == 0 {
-                flag.cancel();
-                cancel.cancel();
-            } else {
-                eprintln!("nullworker: interrupted again: exiting without closing; open sessions end by expiry");
-                std::process::exit(i32::from(EXIT_INTERRUPTED));
-            }
-        }
-    });
+    crate::signals::on_first_and_second(
+        move || {
+            flag.cancel();
+            cancel.cancel();
+        },
+        || {
+            eprintln!("nullworker: interrupted again: exiting without closing; open sessions end by expiry");
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        },
+    )?;
     Ok(received)
 }
 

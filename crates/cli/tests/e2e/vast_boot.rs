@@ -55,17 +55,9 @@ fn wheel() -> PathBuf {
     path
 }
 
-/// A Python 3 that makes the test venvs: `NULLWORKER_PYTHON`, else the
-/// repository's `.venv` (scripts/setup-python.sh), else `python3`.
+/// A Python 3 that makes the test venvs (as the interop tests find theirs).
 fn base_python() -> PathBuf {
-    if let Some(exe) = std::env::var_os("NULLWORKER_PYTHON").filter(|v| !v.is_empty()) {
-        return PathBuf::from(exe);
-    }
-    let venv = repo_root().join(".venv/bin/python");
-    if venv.exists() {
-        return venv;
-    }
-    PathBuf::from("python3")
+    sdk_python::candidate()
 }
 
 /// The interpreter with the official SDK, or a failure naming the setup script.

@@ -48,7 +48,9 @@ v = version('vastai')
 sys.exit(0 if v == sys.argv[1] else 'vastai ' + v + ' found, expected ' + sys.argv[1])
 ";
 
-fn candidate() -> PathBuf {
+/// A Python 3: `NULLWORKER_PYTHON`, else the repository's `.venv`
+/// (scripts/setup-python.sh), else `python3`.
+pub(crate) fn candidate() -> PathBuf {
     if let Some(exe) = std::env::var_os("NULLWORKER_PYTHON").filter(|v| !v.is_empty()) {
         return PathBuf::from(exe);
     }
