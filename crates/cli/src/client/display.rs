@@ -476,7 +476,8 @@ fn live_line(number: u32, row: &Row, now: f64, plan: &Plan, width: usize) -> Str
             let mut s = match how {
                 Outcome::ReleasedByWorker => format!("released     by worker after {held:.1} s"),
                 Outcome::Closed => format!("closed       after {held:.1} s held"),
-                Outcome::Interrupted if detail.is_some() => "interrupted".to_owned(),
+                // The detail says how ("interrupted before a worker was reserved").
+                Outcome::Interrupted if detail.is_some() => String::new(),
                 Outcome::Interrupted => format!("interrupted  closed after {held:.1} s held"),
                 other => format!("{:<12} after {held:.1} s", other.describe()),
             };
@@ -484,7 +485,8 @@ fn live_line(number: u32, row: &Row, now: f64, plan: &Plan, width: usize) -> Str
                 let _ = write!(s, " ({})", cause.describe());
             }
             if let Some(detail) = detail {
-                let _ = write!(s, ": {detail}");
+                let sep = if s.is_empty() { "" } else { ": " };
+                let _ = write!(s, "{sep}{detail}");
             }
             format!("{label}{s}")
         }
@@ -824,7 +826,8 @@ mod tests {
 
         // Room for all: every session, no summary line.
         let text = run(40);
-        assert!(cursor_ups(&text).iter().all(|&n| n == 8));
+        let ups = cursor_ups(&text);
+        assert!(!ups.is_empty() && ups.iter().all(|&n| n == 8), "{ups:?}");
         assert!(!text.contains("more:"), "{text:?}");
     }
 
@@ -933,6 +936,22 @@ mod tests {
             "{table}"
         );
         assert!(!table.contains("closed"), "{table}");
+        let row = Row {
+            state: RowState::Ended {
+                how: Outcome::Interrupted,
+                held: 0.0,
+                detail: Some("interrupted before a worker was reserved".into()),
+                cause: None,
+            },
+            lost: 0,
+            last_cause: None,
+        };
+        let live = live_line(1, &row, 1.0, &plan(), 80);
+        assert!(
+            live.ends_with("  interrupted before a worker was reserved")
+                && live.matches("interrupted").count() == 1,
+            "{live}"
+        );
         let line = plain_line(&Event::Ended {
             t: 1.0,
             session: 1,
