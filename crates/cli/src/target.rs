@@ -22,11 +22,14 @@ pub struct Resolved {
 
 /// Resolves the target flags. `instance` and `engine_url` are exclusive
 /// (clap refuses both); an explicit `--instance` beats
-/// `NULLWORKER_ENGINE_URL`.
+/// `NULLWORKER_ENGINE_URL`. `web_override` is a web API URL the caller
+/// sets on the builder afterwards (`--webserver-url`): the key goes there,
+/// so it decides whether the local engine's key may be used.
 pub fn resolve(
     instance: Option<Instance>,
     engine_url: Option<String>,
     api_key: Option<String>,
+    web_override: Option<&str>,
 ) -> Result<Resolved, NoKey> {
     let env_url = std::env::var("NULLWORKER_ENGINE_URL")
         .ok()
@@ -36,10 +39,7 @@ pub fn resolve(
         (None, Some(url)) => (None, Some(url)),
         (None, None) => (Some(Instance::Local), None),
     };
-    let local = match (&url, instance) {
-        (Some(url), _) => is_loopback(url),
-        (None, instance) => instance == Some(Instance::Local),
-    };
+    let local = key_goes_to_this_machine(web_override, url.as_deref(), instance);
     let (key, key_source) =
         KeyLookup::from_env(api_key, local).find(read_key_file, read_engine_key)?;
     let mut builder = nullworker_client::Client::builder(key.clone());
@@ -56,6 +56,21 @@ pub fn resolve(
         key,
         key_source,
     })
+}
+
+/// Whether the web API the key is sent to is on this machine (then the
+/// local engine's own key may be used): the override if any, else the
+/// engine URL, else the instance.
+fn key_goes_to_this_machine(
+    web_override: Option<&str>,
+    engine_url: Option<&str>,
+    instance: Option<Instance>,
+) -> bool {
+    match (web_override, engine_url) {
+        (Some(web), _) => is_loopback(web),
+        (None, Some(url)) => is_loopback(url),
+        (None, None) => instance == Some(Instance::Local),
+    }
 }
 
 /// Whether `url`'s host is this machine (then the engine's own key is
@@ -78,6 +93,30 @@ pub fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_key_is_only_sent_to_this_machine() {
+        let local = Some(Instance::Local);
+        let prod = Some(Instance::Prod);
+        let remote = Some("https://console.vast.ai");
+        let here = Some("http://127.0.0.1:8080");
+        for (web, engine, instance, expected) in [
+            (None, None, local, true),
+            (None, None, prod, false),
+            (None, here, None, true),
+            (None, remote, None, false),
+            // --webserver-url decides: the key goes there.
+            (remote, None, local, false),
+            (remote, here, None, false),
+            (here, None, prod, true),
+        ] {
+            assert_eq!(
+                key_goes_to_this_machine(web, engine, instance),
+                expected,
+                "{web:?} {engine:?} {instance:?}"
+            );
+        }
+    }
 
     #[test]
     fn loopback_targets_are_local() {

@@ -167,8 +167,12 @@ impl TargetArgs {
     /// Builds the SDK client from the connection flags; also returns the
     /// account key it uses.
     pub fn client(&self) -> Result<(Client, String), TargetError> {
-        let resolved =
-            crate::target::resolve(self.instance, self.engine_url.clone(), self.api_key.clone())?;
+        let resolved = crate::target::resolve(
+            self.instance,
+            self.engine_url.clone(),
+            self.api_key.clone(),
+            self.webserver_url.as_deref(),
+        )?;
         let mut builder = resolved.builder;
         if let Some(url) = &self.autoscaler_url {
             builder = builder.autoscaler_url(url.clone());

@@ -363,9 +363,13 @@ struct Target {
 
 impl EndpointArgs {
     fn target(&self) -> anyhow::Result<Target> {
-        let resolved =
-            crate::target::resolve(self.instance, self.engine_url.clone(), self.api_key.clone())
-                .map_err(|e| UsageError(e.to_string()))?;
+        let resolved = crate::target::resolve(
+            self.instance,
+            self.engine_url.clone(),
+            self.api_key.clone(),
+            None,
+        )
+        .map_err(|e| UsageError(e.to_string()))?;
         let client = resolved
             .builder
             .build()
