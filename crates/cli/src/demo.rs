@@ -191,7 +191,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
                 "nullworker: error: --jobs {} is invalid: expected 1 to 20",
                 args.jobs
             );
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(crate::exit::USAGE));
         }
         return crate::demo_queue::run(args.jobs).await;
     }
@@ -199,7 +199,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(config) => config,
         Err(err) => {
             eprintln!("nullworker: error: {err}");
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(crate::exit::USAGE));
         }
     };
     let dir = TempDir::new()?;

@@ -257,7 +257,7 @@ async fn demo(engine: &EngineHandle, dir: &TempDir, jobs: u32) -> anyhow::Result
 
     print_timeline(&out, &timeline);
     if interrupted.is_cancelled() {
-        return Ok(ExitCode::from(130));
+        return Ok(ExitCode::from(crate::exit::INTERRUPTED));
     }
 
     let done = done_ids(&done_file);

@@ -20,11 +20,10 @@ use nullworker_queue::dispatch::{
 use nullworker_queue::{OpenMode, QueueUrl};
 use serde_json::json;
 
-/// Exit code for invalid flag values.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code when held sessions were left to expire (second signal or
-/// `--drain-timeout`).
-pub const EXIT_ABANDONED: u8 = 130;
+use crate::exit::USAGE as EXIT_USAGE;
+// Exit code when held sessions were left to expire (second signal or
+// `--drain-timeout`): the convention's "interrupted".
+use crate::exit::INTERRUPTED as EXIT_ABANDONED;
 
 const AFTER_LONG_HELP: &str = "\
 HOW IT COUNTS:

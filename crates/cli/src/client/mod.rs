@@ -20,10 +20,7 @@ use display::{Display, Mode};
 use nullworker_client::runner::{self, Event, Plan};
 use nullworker_client::{Client, Instance};
 
-/// Exit code for invalid flag values (as for other usage errors).
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code after Ctrl-C / SIGTERM when no session failed.
-pub const EXIT_INTERRUPTED: u8 = 130;
+use crate::exit::{INTERRUPTED as EXIT_INTERRUPTED, USAGE as EXIT_USAGE};
 
 /// Options of `nullworker client`.
 #[derive(Debug, Clone, clap::Args)]

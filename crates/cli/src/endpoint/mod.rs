@@ -27,8 +27,7 @@ use render::{
     Source, WorkerRow,
 };
 
-/// Exit code of usage errors and bad input.
-pub const EXIT_USAGE: u8 = 2;
+use crate::exit::USAGE as EXIT_USAGE;
 
 const EXIT_CODES: &str = "\
 ACCOUNT KEY (first found):
