@@ -310,17 +310,15 @@ pub async fn run(args: DispatchArgs) -> anyhow::Result<ExitCode> {
 /// The base URL of the web API if it is a `nullworker engine` on this
 /// machine (a loopback `http://` address), to which the dispatcher reports.
 fn local_engine(webserver_url: &str) -> Option<String> {
-    let rest = webserver_url.strip_prefix("http://")?;
-    let host = rest.split('/').next()?;
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next()?,
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let loopback = name == "localhost"
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    loopback.then(|| format!("http://{host}"))
+    let url = reqwest::Url::parse(webserver_url).ok()?;
+    if url.scheme() != "http" || !crate::target::is_loopback(webserver_url) {
+        return None;
+    }
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("http://{host}:{port}"),
+        None => format!("http://{host}"),
+    })
 }
 
 /// Once a second, tells a local engine's dashboard the backlog, in-flight
